@@ -1,0 +1,21 @@
+"""covidxray: honest COVID-19 / pneumonia / normal chest X-ray classifiers. Research use only, not for clinical diagnosis."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+NOT_FOR_CLINICAL_USE = (
+    "Research use only: covidxray is not a medical device and must not be used for clinical diagnosis."
+)
+
+__all__ = ["NOT_FOR_CLINICAL_USE", "__version__", "load_model"]
+
+
+def load_model(path=None, backend: str = "torch"):
+    """Load a saved model bundle (or the shipped default when ``path`` is None) as a predictor.
+
+    ``predictor.predict(image_or_path)`` and ``predictor.predict_batch(...)`` return typed results.
+    """
+    from covidxray.prediction.predictor import load_predictor
+
+    return load_predictor(path, backend=backend)

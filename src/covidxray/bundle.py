@@ -1,0 +1,220 @@
+"""Saved models as self-describing bundles (after MONAI bundles and timm's pretrained_cfg).
+
+A bundle is a folder holding ``model.safetensors`` (weights, no pickle) and ``config.json``: the architecture and
+its arguments, the classes, the preprocessing, versions, the data it was trained on, metrics, the operating point
+and the intended use. :func:`load_bundle` rebuilds the network from those facts alone, so a model saved today
+loads with a later covidxray; an ONNX export of it loads with no covidxray at all.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from covidxray import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.models.base import XRayNet
+from covidxray.models.registry import create_model
+from covidxray.preprocess import Preprocessing
+
+FORMAT = "covidxray-bundle"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+INTENDED_USE = (
+    "Research on chest X-ray classification (COVID-19 / pneumonia / normal) and on its failure modes, "
+    "e.g. reproducing published CNN results and measuring cross-source generalisation. "
+    "Not for screening, triage or diagnosis of any person."
+)
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be loaded, with what is wrong and what to do."""
+
+
+@dataclass
+class BundleConfig:
+    """The facts in ``config.json``; unknown keys are kept in ``extra`` and written back unchanged."""
+
+    architecture: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    architecture_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_outputs: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    operating_point: dict[str, Any] | None = None
+    guard: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.num_outputs:
+            self.num_outputs = len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": {
+                "name": self.architecture,
+                "kwargs": self.architecture_kwargs,
+                "num_outputs": self.num_outputs,
+                "in_channels": self.preprocessing.channels,
+            },
+            "classes": list(self.classes),
+            "preprocessing": self.preprocessing.to_dict(),
+            "network_data_format": {
+                "input": {
+                    "shape": [-1, self.preprocessing.channels, self.preprocessing.image_size,
+                              self.preprocessing.image_size],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "description": "grayscale chest X-ray after covidxray.preprocess.Preprocessing (see 'preprocessing')",
+                },
+                "output": {
+                    "shape": [-1, self.num_outputs],
+                    "type": "logits" + (" (one sigmoid output for the last class)" if self.num_outputs == 1 else ""),
+                    "classes": list(self.classes),
+                },
+            },
+            "training": self.training,
+            "data": self.data,
+            "metrics": self.metrics,
+            "operating_point": self.operating_point,
+            "guard": self.guard,
+            "versions": self.versions,
+            "created": self.created,
+            "intended_use": INTENDED_USE,
+            "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
+        }
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> BundleConfig:
+        if d.get("format") != FORMAT:
+            raise BundleError(f"{source}: not a covidxray bundle (format={d.get('format')!r}, expected {FORMAT!r})")
+        version = d.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise BundleError(
+                f"{source}: bundle format version {version!r} is not supported by covidxray {__version__}, "
+                f"which reads format versions 1 to {FORMAT_VERSION}; "
+                "upgrade covidxray, or load its ONNX export with onnxruntime"
+            )
+        arch = d["architecture"]
+        known = {
+            "format", "format_version", "architecture", "classes", "preprocessing", "network_data_format",
+            "training", "data", "metrics", "operating_point", "guard", "versions", "created", "intended_use",
+            "not_for_clinical_use",
+        }
+        return cls(
+            architecture=arch["name"],
+            architecture_kwargs=dict(arch.get("kwargs", {})),
+            num_outputs=int(arch.get("num_outputs", len(d["classes"]))),
+            classes=list(d["classes"]),
+            preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+            training=d.get("training", {}),
+            data=d.get("data", {}),
+            metrics=d.get("metrics", {}),
+            operating_point=d.get("operating_point"),
+            guard=d.get("guard"),
+            versions=d.get("versions", {}),
+            created=d.get("created", ""),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+
+@dataclass
+class Bundle:
+    model: XRayNet
+    config: BundleConfig
+    path: Path | None = None
+
+
+def build_network(config: BundleConfig) -> XRayNet:
+    """An untrained network exactly as the config describes it."""
+    net = create_model(
+        config.architecture,
+        num_classes=config.num_outputs,
+        in_channels=config.preprocessing.channels,
+        **config.architecture_kwargs,
+    )
+    return XRayNet(net, config.preprocessing.mean, config.preprocessing.std, config.num_outputs)
+
+
+def _versions() -> dict[str, str]:
+    return {"covidxray": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def save_bundle(path: str | Path, model: XRayNet, config: BundleConfig) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into the folder ``path`` (created if needed)."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    config.versions.update(_versions())
+    config.created = config.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    tmp.replace(out / WEIGHTS_FILE)
+    write_config(out, config)
+    return out
+
+
+def write_config(path: str | Path, config: BundleConfig) -> None:
+    out = Path(path) / CONFIG_FILE
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config.to_dict(), indent=2, default=str) + "\n")
+    tmp.replace(out)
+
+
+def read_config(path: str | Path) -> BundleConfig:
+    p = Path(path)
+    cfg_path = p / CONFIG_FILE if p.is_dir() else p
+    if not cfg_path.exists():
+        raise BundleError(f"{p}: no {CONFIG_FILE} here; a bundle is a folder written by 'covidxray train'")
+    try:
+        d = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{cfg_path}: config is not valid JSON ({exc})") from exc
+    return BundleConfig.from_dict(d, source=str(cfg_path))
+
+
+def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
+    """Rebuild a saved model (no pickle): architecture from ``config.json``, weights from safetensors."""
+    p = Path(path)
+    if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
+        p = p.parent
+    config = read_config(p)
+    weights = p / WEIGHTS_FILE
+    if not weights.exists():
+        raise BundleError(f"{p}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
+    model = build_network(config)
+    state = load_file(str(weights), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BundleError(
+            f"{weights}: weights do not match architecture {config.architecture!r} "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
+    model.eval()
+    return Bundle(model=model, config=config, path=p)
+
+
+def update_bundle(path: str | Path, **changes: Any) -> BundleConfig:
+    """Change fields of a saved bundle's config (e.g. ``operating_point``, ``guard``, ``metrics``)."""
+    config = read_config(path)
+    for k, v in changes.items():
+        if not hasattr(config, k):
+            raise AttributeError(f"BundleConfig has no field {k!r}")
+        setattr(config, k, v)
+    write_config(path, config)
+    return config

@@ -1,0 +1,78 @@
+"""The ``covidxray`` command line. Each stage of the data flow registers its own sub-commands.
+
+Sub-command modules expose ``register(subparsers)``; handlers import heavy libraries (torch, pandas) lazily
+so that e.g. ``covidxray predict --backend onnx`` starts without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from covidxray import NOT_FOR_CLINICAL_USE, __version__
+
+# In data-flow order: sources -> manifest -> training -> evaluation -> prediction -> web -> the whole pipeline.
+COMMAND_MODULES = (
+    "covidxray.data.cli",
+    "covidxray.training.cli",
+    "covidxray.evaluation.cli",
+    "covidxray.prediction.cli",
+    "covidxray.web.cli",
+    "covidxray.pipeline",
+)
+
+# Documented exit codes (README "Exit codes").
+EXIT_OK = 0
+EXIT_ERROR = 1  # unexpected failure
+EXIT_USAGE = 2  # bad arguments (argparse)
+EXIT_INPUT = 3  # bad input file/folder: missing, empty, undecodable
+EXIT_REFUSED = 4  # input refused by the guard under --strict
+EXIT_MODEL = 5  # model bundle cannot be loaded
+
+
+class CLIError(Exception):
+    """An error the CLI reports as one clear line and an exit code, without a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covidxray",
+        description=f"Chest X-ray COVID-19 / pneumonia / normal classifiers. {NOT_FOR_CLINICAL_USE}",
+    )
+    parser.add_argument("--version", action="version", version=f"covidxray {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a stage not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        rc = args.func(args)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""covidxray.prediction"""
