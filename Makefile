@@ -1,0 +1,37 @@
+# covidxray tasks. `make run` sets up .venv and runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DATA_ROOT ?= ../shared/data
+
+.PHONY: setup run test bench lint format clean
+
+setup: $(VENV)/.installed
+
+# torch first, from the CPU build on local disk: installing torch-dependent packages first pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/covidxray run --root $(DATA_ROOT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: setup
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean:
+	rm -rf runs/cache .pytest_cache .ruff_cache
