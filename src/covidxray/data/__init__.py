@@ -1,1 +1,1 @@
-"""covidxray.data"""
+"""covidxray.data: sources -> manifest (build_manifest, read_manifest) -> dedup -> split -> cache (load_cache)."""
