@@ -1,0 +1,330 @@
+"""``covidxray evaluate``, ``covidxray crossval`` and ``covidxray compare``.
+
+Handlers import torch, pandas and scikit-learn lazily so ``covidxray --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.cli import EXIT_INPUT, EXIT_MODEL, CLIError
+
+DEFAULT_CACHE_DIR = Path("runs/cache")
+
+
+# -- shared helpers ----------------------------------------------------------------------------------------------
+def resolve_bundle(path: str | Path) -> Path:
+    """A bundle folder from a bundle folder, its ``config.json``, or a training run folder (``<run>/model``)."""
+    p = Path(path)
+    if p.is_file() and p.name == "config.json":
+        p = p.parent
+    for candidate in (p, p / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise CLIError(
+        f"{p}: no model bundle here (expected config.json + model.safetensors in it or in {p / 'model'}); "
+        "train one with 'covidxray train'",
+        EXIT_MODEL,
+    )
+
+
+def default_evaluation_dir(bundle: Path) -> Path:
+    """Where ``evaluate`` writes by default and ``compare`` looks: ``<run>/evaluation`` for ``<run>/model``."""
+    return bundle.parent / "evaluation"
+
+
+def read_manifest_or_fail(path: str | Path):
+    from covidxray.data.manifest import read_manifest
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{p}: manifest not found; build one with 'covidxray manifest'", EXIT_INPUT)
+    try:
+        return read_manifest(p)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CLIError(f"{p}: cannot read the manifest ({exc})", EXIT_INPUT) from exc
+
+
+def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE_DIR,
+        help="preprocessed image cache (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="patient bootstrap resamples for the 95%% intervals (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap and probe seed (default: %(default)s)")
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.95,
+        help="COVID sensitivity the operating point must reach on val (default: %(default)s)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: %(default)s)")
+    p.add_argument("--no-probe", action="store_true", help="skip the source shortcut probe")
+
+
+def _options(args: argparse.Namespace, **overrides):
+    from covidxray.evaluation.results import EvaluationOptions
+
+    if args.bootstrap < 10:
+        raise CLIError(f"--bootstrap must be at least 10, got {args.bootstrap}", 2)
+    if not 0 < args.target_sensitivity <= 1:
+        raise CLIError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}", 2)
+    return EvaluationOptions(
+        n_resamples=args.bootstrap,
+        seed=args.seed,
+        target_sensitivity=args.target_sensitivity,
+        batch_size=args.batch_size,
+        probe=not args.no_probe,
+        **overrides,
+    )
+
+
+# -- evaluate ----------------------------------------------------------------------------------------------------
+def _evaluate(args: argparse.Namespace) -> int:
+    from covidxray.bundle import BundleError
+    from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
+    from covidxray.evaluation.summary import summary_lines
+
+    bundle = resolve_bundle(args.model)
+    df = read_manifest_or_fail(args.manifest)
+    out = Path(args.out) if args.out else default_evaluation_dir(bundle)
+    options = _options(args, split=args.split, store_operating_point=not args.no_store_operating_point)
+    try:
+        result = evaluate(bundle, df, out, args.cache_dir, options, manifest_path=args.manifest)
+    except BundleError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
+    except ValueError as exc:
+        raise CLIError(str(exc), EXIT_INPUT) from exc
+    for line in summary_lines(result):
+        print(line)
+    print(f"wrote {out / METRICS_FILE}, {out / 'report.md'}, {out / 'report.html'}")
+    print(NOT_FOR_CLINICAL_USE)
+    return 0
+
+
+# -- crossval ----------------------------------------------------------------------------------------------------
+TRAIN_FLAGS = (  # (flag, TrainConfig field, type, help)
+    ("--epochs", "epochs", int, "training epochs per fold"),
+    ("--image-size", "image_size", int, "input size in pixels"),
+    ("--batch-size", "batch_size", int, "training batch size"),
+    ("--lr", "lr", float, "learning rate"),
+    ("--optimizer", "optimizer", str, "adam | rmsprop | sgd"),
+    ("--loss", "loss", str, "ce | bce"),
+    ("--classes", "classes", str, "comma-separated classes, e.g. covid,normal,pneumonia"),
+    ("--augment", "augment", str, "seed002 | light | none"),
+    ("--class-weights", "class_weights", str, "e.g. auto"),
+    ("--sampler", "sampler", str, "training sampler"),
+    ("--patience", "patience", int, "early-stopping patience (epochs)"),
+    ("--max-minutes", "max_minutes", float, "training time limit per fold"),
+    ("--weights", "weights", str, "local state dict to start from"),
+    ("--workers", "workers", int, "data loader workers"),
+)
+
+
+def train_options(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields given on the command line (the others keep the trainer's defaults)."""
+    opts = {}
+    for _, name, _, _ in TRAIN_FLAGS:
+        value = getattr(args, f"train_{name}")
+        if value is not None:
+            opts[name] = [c.strip() for c in value.split(",") if c.strip()] if name == "classes" else value
+    if args.freeze_backbone:
+        opts["freeze_backbone"] = True
+    opts["seed"] = args.train_seed
+    return opts
+
+
+def _crossval(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from covidxray.evaluation.crossval import RESULT_FILE, crossval
+
+    df = read_manifest_or_fail(args.manifest)
+    known = sorted(set(df["source"].astype(str)))
+    if args.all:
+        sources = known
+    elif args.holdout_source:
+        sources = list(dict.fromkeys(args.holdout_source))
+    else:
+        raise CLIError(
+            f"give --holdout-source SOURCE or --all (sources in the manifest: {', '.join(known)})", 2
+        )
+    unknown = [s for s in sources if s not in known]
+    if unknown:
+        raise CLIError(
+            f"source(s) {', '.join(unknown)} not in the manifest; its sources are {', '.join(known)}", 2
+        )
+    command = (
+        "covidxray " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["crossval"] else ""
+    )
+    from covidxray.bundle import BundleError
+    from covidxray.training.config import ConfigError
+
+    try:
+        result = crossval(
+            args.manifest,
+            args.model,
+            sources,
+            args.out,
+            train_options(args),
+            _options(args),
+            args.cache_dir,
+            retrain=args.retrain,
+            command=command,
+        )
+    except ConfigError as exc:
+        raise CLIError(str(exc), 2) from exc
+    except BundleError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
+    except ValueError as exc:
+        raise CLIError(str(exc), EXIT_INPUT) from exc
+    from covidxray.evaluation.evaluate_report import cell
+
+    print(f"{'held-out source':<22} {'macro AUC in-source':<28} {'macro AUC out-of-source':<28}")
+    for f in result["folds"]:
+        print(
+            f"{f['held_out_source']:<22} {cell(f['macro_roc_auc']['in_source']):<28} "
+            f"{cell(f['macro_roc_auc']['out_of_source']):<28}"
+        )
+        for n in f["notes"]:
+            print(f"  note: {n}")
+    print(
+        f"wrote {Path(args.out) / RESULT_FILE}, {Path(args.out) / 'crossval.md'}, {Path(args.out) / 'crossval.html'}"
+    )
+    print(NOT_FOR_CLINICAL_USE)
+    return 0
+
+
+# -- compare -----------------------------------------------------------------------------------------------------
+def _compare(args: argparse.Namespace) -> int:
+    from covidxray.bundle import BundleError
+    from covidxray.evaluation.compare import compare
+
+    bundles = [resolve_bundle(r) for r in args.runs]
+    evaluations = [default_evaluation_dir(b) for b in bundles]
+    options = _options(args, split=args.split) if args.manifest else None
+    if args.manifest and not args.manifest.is_file():
+        raise CLIError(f"{args.manifest}: manifest not found", EXIT_INPUT)
+    try:
+        result = compare(bundles, args.out, evaluations, args.manifest, args.cache_dir, options)
+    except BundleError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
+    except ValueError as exc:
+        raise CLIError(str(exc), EXIT_INPUT) from exc
+    for w in result["warnings"]:
+        print(f"WARNING: {w}")
+    print(f"wrote {Path(args.out) / 'comparison.md'}, {Path(args.out) / 'comparison.html'}")
+    print(NOT_FOR_CLINICAL_USE)
+    return 0
+
+
+def register(subparsers) -> None:
+    _register_evaluate(subparsers)
+    _register_crossval(subparsers)
+    _register_compare(subparsers)
+
+
+def _register_crossval(subparsers) -> None:
+    p = subparsers.add_parser(
+        "crossval",
+        help="leave-one-source-out: train on the other sources, evaluate on the held-out one",
+        description=(
+            "For each held-out source: train MODEL on the other sources, then report ROC AUC (macro and COVID, with "
+            "95%% patient-bootstrap intervals) on the in-source test split and on every image of the held-out "
+            "source. Writes crossval.json, crossval.md and crossval.html; each fold's run in OUT/holdout-SOURCE. "
+            + NOT_FOR_CLINICAL_USE
+        ),
+    )
+    p.add_argument("--model", required=True, help="registered architecture name, e.g. seed_cnn6")
+    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray data build)")
+    p.add_argument(
+        "--holdout-source", action="append", metavar="SOURCE", help="source to hold out (repeatable)"
+    )
+    p.add_argument("--all", action="store_true", help="hold out each source of the manifest in turn")
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/crossval"), help="output folder (default: %(default)s)"
+    )
+    p.add_argument("--retrain", action="store_true", help="train again even when a fold's run exists")
+    p.add_argument("--train-seed", type=int, default=0, help="training seed (default: %(default)s)")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    for flag, name, typ, text in TRAIN_FLAGS:
+        if flag == "--batch-size":
+            continue  # shared with the evaluation's --batch-size below
+        p.add_argument(
+            flag, dest=f"train_{name}", type=typ, default=None, help=f"{text} (default: the trainer's)"
+        )
+    p.add_argument(
+        "--train-batch-size",
+        dest="train_batch_size",
+        type=int,
+        default=None,
+        help="training batch size (default: the trainer's)",
+    )
+    _add_evaluation_options(p)
+    p.set_defaults(func=_crossval)
+
+
+def _register_compare(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="models side by side: parameters, training time, images/s, every metric with its interval",
+        description=(
+            "Compare trained runs (run folders or bundle folders). Metrics come from each run's evaluation "
+            "(<run>/evaluation/metrics.json); runs without one are evaluated first when --manifest is given. "
+            "Writes comparison.md, comparison.html and comparison.json. " + NOT_FOR_CLINICAL_USE
+        ),
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with model/) or bundle folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--manifest", type=Path, default=None, help="manifest to evaluate runs that have no evaluation"
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test", "all"),
+        help="split to evaluate missing runs on (default: %(default)s)",
+    )
+    _add_evaluation_options(p)
+    p.set_defaults(func=_compare)
+
+
+def _register_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="metrics with patient-bootstrap intervals, per source, operating point, shortcut probe",
+        description=(
+            "Evaluate a saved model on one split of a manifest: accuracy, loss, per-class sensitivity/specificity/"
+            "PPV/NPV/F1, ROC and PR AUC, calibration, each with a 95%% patient-bootstrap interval, overall and per "
+            "source; the COVID operating point chosen on val (stored in the bundle); and a probe of how well the "
+            "model's features reveal the image source. Writes metrics.json, report.md and report.html. "
+            + NOT_FOR_CLINICAL_USE
+        ),
+    )
+    p.add_argument("--model", required=True, help="a run folder (with model/) or a bundle folder")
+    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray manifest)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test", "all"),
+        help="rows to evaluate (default: %(default)s)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/evaluation)")
+    p.add_argument(
+        "--no-store-operating-point",
+        action="store_true",
+        help="do not write the chosen operating point into the bundle's config.json",
+    )
+    _add_evaluation_options(p)
+    p.set_defaults(func=_evaluate)

@@ -1,0 +1,142 @@
+"""``covidxray evaluate``: a saved model on one split of a manifest -> metrics.json, report.md, report.html.
+
+:func:`evaluate` maps the manifest's labels onto the model's classes (:func:`covidxray.data.tasks.task_labels`),
+runs the bundle over the evaluated rows and the validation rows, builds the metrics dictionary
+(:mod:`.results`), chooses the COVID operating point on validation data, stores it in the bundle, and writes the
+three files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covidxray.evaluation.results import EvaluationOptions, evaluate_predictions, operating_point_metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["METRICS_FILE", "SPLITS", "EvaluationOptions", "evaluate", "task_rows"]
+
+METRICS_FILE = "metrics.json"
+SPLITS = ("train", "val", "test", "all")
+
+
+def task_rows(
+    df: pd.DataFrame, classes: list[str], split: str = "all"
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows of ``split`` whose label belongs to the task, labels mapped onto ``classes``; and the dropped counts.
+
+    The frame keeps ``df.attrs`` (the manifest's root and hash) so the cache can find the images.
+    """
+    from covidxray.data.tasks import task_labels
+
+    if split != "all":
+        if "split" not in df.columns:
+            raise ValueError("the manifest has no 'split' column; split it first or use --split all")
+        df_split = df[df["split"].astype(str) == split]
+    else:
+        df_split = df
+    mapped = task_labels(df_split["label"], classes)
+    dropped = df_split.loc[mapped.isna(), "label"].astype(str).value_counts().to_dict()
+    rows = df_split[mapped.notna()].copy()
+    rows["label"] = mapped[mapped.notna()].astype(str)
+    rows.attrs = dict(df.attrs)
+    return rows, {str(k): int(v) for k, v in sorted(dropped.items())}
+
+
+def _arrays(df: pd.DataFrame, probs: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "labels": df["label"].astype(str).to_numpy(),
+        "probs": probs,
+        "patient_ids": df["patient_id"].astype(str).to_numpy(),
+        "sources": df["source"].astype(str).to_numpy(),
+    }
+
+
+def evaluate(
+    bundle_path: str | Path,
+    manifest_df: pd.DataFrame,
+    out_dir: str | Path,
+    cache_dir: str | Path = "runs/cache",
+    options: EvaluationOptions | None = None,
+    manifest_path: str | Path | None = None,
+    rows: pd.Series | None = None,
+    val_rows: pd.Series | None = None,
+) -> dict[str, Any]:
+    """Evaluate the bundle at ``bundle_path`` on ``options.split`` of the manifest; write the three files.
+
+    ``rows`` (a boolean mask over ``manifest_df``, default all) narrows the evaluated rows further, e.g. to some
+    sources. The operating point is chosen on ``val_rows`` (default: the ``options.val_split`` rows), applied to
+    the evaluated rows, and stored in the bundle's ``config.json`` unless ``options.store_operating_point`` is
+    False. Images come from the cache of the whole manifest. Returns the metrics dictionary (``metrics.json``).
+    """
+    from covidxray.bundle import load_bundle, update_bundle
+    from covidxray.evaluation.evaluate_report import evaluation_report
+    from covidxray.evaluation.inference import run_inference
+
+    o = options or EvaluationOptions()
+    if not manifest_df.index.is_unique:
+        raise ValueError("the manifest DataFrame's index must be unique (read it with read_manifest)")
+    bundle = load_bundle(bundle_path)
+    classes = list(bundle.config.classes)
+    selected = manifest_df if rows is None else manifest_df[rows.reindex(manifest_df.index, fill_value=False)]
+    test_df, dropped = task_rows(selected, classes, o.split)
+    if test_df.empty:
+        raise ValueError(f"the manifest has no rows labelled {', '.join(classes)} in split '{o.split}'")
+
+    def infer(df: pd.DataFrame, features: bool = False):
+        run = run_inference(
+            bundle, manifest_df, cache_dir, o.batch_size, manifest_df.index.get_indexer(df.index)
+        )
+        return run if features else run.probabilities
+
+    test_run = infer(test_df, features=True)
+    test = _arrays(test_df, test_run.probabilities)
+    result = evaluate_predictions(
+        test["labels"], test["probs"], classes, test["patient_ids"], test["sources"],
+        test_run.features if o.probe else None, o,
+    )  # fmt: skip
+    result["data"]["task"] = {"classes": classes, "left_out_labels": dropped}
+    if dropped:
+        left = ", ".join(f"{n} {label}" for label, n in dropped.items())
+        result.setdefault("notes", []).append(
+            f"left out {left} image(s): not a class of this model ({', '.join(classes)})"
+        )
+
+    if val_rows is None and o.split != o.val_split and "split" in manifest_df.columns:
+        val_rows = manifest_df["split"].astype(str) == o.val_split
+    val = None
+    if val_rows is not None:
+        val_df, _ = task_rows(manifest_df[val_rows.reindex(manifest_df.index, fill_value=False)], classes)
+        if len(val_df):
+            val = _arrays(val_df, infer(val_df))
+    section, op = operating_point_metrics(classes, test, val, o)
+    if op is not None and o.store_operating_point:
+        update_bundle(bundle.path, operating_point=op.bundle_entry())
+        section["stored_in_bundle"] = str(bundle.path)
+    result["operating_point"] = section
+    result["model"] = {
+        "bundle": str(Path(bundle.path).resolve()),
+        "architecture": bundle.config.architecture,
+        "architecture_kwargs": bundle.config.architecture_kwargs,
+        "classes": classes,
+        "parameters": int(sum(p.numel() for p in bundle.model.parameters())),
+        "preprocessing": bundle.config.preprocessing.to_dict(),
+    }
+    if manifest_path is not None:
+        result["data"]["manifest"] = str(Path(manifest_path).resolve())
+    if manifest_df.attrs.get("manifest_sha1"):
+        result["data"]["manifest_sha1"] = manifest_df.attrs["manifest_sha1"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result["report"] = {
+        "markdown": str((out / "report.md").resolve()),
+        "html": str((out / "report.html").resolve()),
+    }
+    evaluation_report(result).write(out)
+    (out / METRICS_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    return result

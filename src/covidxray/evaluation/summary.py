@@ -1,0 +1,64 @@
+"""The printed summary of an evaluation: a few lines from ``metrics.json`` for the terminal.
+
+Used by ``covidxray evaluate`` and ``covidxray run``. Every figure carries its 95 % interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from covidxray.evaluation.evaluate_report import cell
+from covidxray.evaluation.report import fmt
+
+
+def _row(name: str, *cells: str, width: int = 12) -> str:
+    return f"  {name:<{width}}" + "".join(f"  {c:<26}" for c in cells).rstrip()
+
+
+def summary_lines(metrics: dict[str, Any]) -> list[str]:
+    """The summary table of an evaluation's metrics dictionary (as written to ``metrics.json``)."""
+    data, overall = metrics["data"], metrics["overall"]
+    model = metrics.get("model", {})
+    lines = [
+        f"Evaluation of {model.get('architecture', 'the model')} on split '{data['split']}': "
+        f"{data['n_images']} images, {data['n_patients']} patients, sources: "
+        + ", ".join(f"{s} {n}" for s, n in data["sources"].items()),
+        "(95% intervals: bootstrap over patients)",
+        _row("accuracy", cell(overall["accuracy"])),
+        _row("macro AUC", cell(overall["macro"]["roc_auc"])),
+        _row("ECE", cell(overall["ece"])),
+        _row("class", "ROC AUC", "sensitivity", "specificity"),
+    ]
+    for cls, m in overall["per_class"].items():
+        lines.append(_row(cls, cell(m["roc_auc"]), cell(m["sensitivity"]), cell(m["specificity"])))
+    lines.append(_operating_point_line(metrics.get("operating_point")))
+    lines.append(_probe_line(metrics.get("probe")))
+    lines += [f"WARNING: {w}" for w in metrics.get("warnings", [])]
+    report = metrics.get("report", {})
+    if report:
+        lines.append(f"report: {report.get('html')} (and {report.get('markdown')})")
+    return lines
+
+
+def _operating_point_line(op: dict[str, Any] | None) -> str:
+    if not op:
+        return "operating point: not computed"
+    if "threshold" not in op:
+        return f"operating point: none ({op.get('reason', 'not computed')})"
+    test = op["test"]
+    return (
+        f"operating point: {op['class']} when p >= {op['threshold']:.4f} (target sensitivity "
+        f"{op['target_sensitivity']:.2f} on {op['chosen_on']['split']}); on {test['split']}: sensitivity "
+        f"{cell(test['sensitivity'])}, specificity {cell(test['specificity'])}"
+    )
+
+
+def _probe_line(probe: dict[str, Any] | None) -> str:
+    if not probe:
+        return "shortcut probe: not run"
+    if probe.get("balanced_accuracy") is None:
+        return f"shortcut probe: not applicable ({probe.get('reason', '')})"
+    return (
+        f"shortcut probe: source predicted from features with balanced accuracy {fmt(probe['balanced_accuracy'])} "
+        f"(chance {fmt(probe['chance'])}, label-only baseline {fmt(probe['label_only_baseline'])})"
+    )

@@ -1,0 +1,146 @@
+"""``covidxray evaluate`` and ``covidxray compare`` end to end: a real saved model, a tiny manifest of made images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import xray_like
+from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.bundle import read_config
+from covidxray.cli import main
+from covidxray.data.manifest import COLUMNS, read_manifest
+from covidxray.evaluation.compare import HEADLINE_COLUMNS
+from covidxray.evaluation.evaluate import task_rows
+
+# (source, label, split, patients): 'alpha' holds every covid image, 'beta' every normal one.
+LAYOUT = [
+    ("alpha", "covid", "val", 3), ("alpha", "covid", "test", 4), ("alpha", "pneumonia", "val", 2),
+    ("alpha", "pneumonia", "test", 3), ("beta", "normal", "val", 3), ("beta", "normal", "test", 4),
+    ("beta", "pneumonia", "val", 2), ("beta", "pneumonia", "test", 3),
+]  # fmt: skip
+
+
+def write_manifest(root: Path, layout: list | None = None, images_per_patient: int = 2) -> Path:
+    """PNG files under ``root`` and a manifest CSV listing them (``layout`` rows: source, label, split, patients)."""
+    rows, n = [], 0
+    for source, label, split, patients in layout or LAYOUT:
+        for p in range(patients):
+            for i in range(images_per_patient):
+                rel = f"{source}/{label}/{split}-{p}-{i}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(xray_like(72, seed=n)).save(root / rel)
+                n += 1
+                sha1 = hashlib.sha1((root / rel).read_bytes()).hexdigest()
+                rows.append({
+                    "image_id": f"{source}:{rel}", "path": rel, "label": label, "finding": label,
+                    "patient_id": f"{source}:{label}{split}{p}", "source": source, "view": "PA",
+                    "modality": "X-ray", "width": 72, "height": 72, "format": "PNG", "sha1": sha1,
+                    "dup_group": n, "split": split,
+                })  # fmt: skip
+    df = pd.DataFrame(rows).reindex(columns=list(COLUMNS)).astype(object).fillna("")
+    path = root / "manifest.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_manifest(tmp_path_factory.mktemp("data"))
+
+
+def copy_run(bundle: Path, run_dir: Path, run_json: dict | None = None) -> Path:
+    """A run folder holding a copy of ``bundle`` (the session bundle must not be changed by a test)."""
+    shutil.copytree(bundle, run_dir / "model")
+    if run_json is not None:
+        (run_dir / "run.json").write_text(json.dumps(run_json))
+    return run_dir
+
+
+def test_task_rows_map_and_drop_labels(manifest):
+    df = read_manifest(manifest)
+    binary, dropped = task_rows(df, ["covid", "normal"], "test")
+    assert set(binary["label"]) == {"covid", "normal"} and dropped == {"pneumonia": 12}
+    assert len(binary) == 16 and binary.attrs["root"] == df.attrs["root"]
+    rest, dropped = task_rows(df, ["covid", "rest"], "all")
+    assert dropped == {} and (rest["label"] == "rest").sum() == 2 * (2 + 3 + 3 + 4 + 2 + 3)
+
+
+def test_evaluate_command_end_to_end(tiny_bundle, manifest, tmp_path, capsys):
+    run = copy_run(tiny_bundle, tmp_path / "run")
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--model", str(run), "--manifest", str(manifest), "--split", "test", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "100"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    overall = metrics["overall"]
+    assert metrics["data"]["n_images"] == 28 and overall["n_patients"] == 14
+    assert set(metrics["per_source"]) == {"alpha", "beta"}
+    assert overall["accuracy"]["ci"][0] <= overall["accuracy"]["value"] <= overall["accuracy"]["ci"][1]
+    assert sum(map(sum, overall["confusion_matrix"]["rows_true_columns_predicted"])) == 28
+    assert any("'covid'" in w and "'alpha'" in w for w in metrics["warnings"])
+    assert any("'normal'" in w and "'beta'" in w for w in metrics["warnings"])
+    assert (
+        metrics["probe"]["chance"] == pytest.approx(0.5) and metrics["probe"]["balanced_accuracy"] is not None
+    )
+    # operating point chosen on val, reported on test, stored in the bundle for the predictor
+    op = read_config(run / "model").operating_point
+    assert op["class"] == "covid" and op["threshold"] == pytest.approx(
+        metrics["operating_point"]["threshold"]
+    )
+    assert metrics["operating_point"]["chosen_on"]["sensitivity"] >= 0.95
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 9 and NOT_FOR_CLINICAL_USE in page
+    assert (out / "report.md").read_text().splitlines()[2] == f"> **{NOT_FOR_CLINICAL_USE}**"
+    assert "macro AUC" in printed and "operating point: covid when p >=" in printed
+    assert str(out / "report.html") in printed and NOT_FOR_CLINICAL_USE in printed
+
+
+def test_evaluate_refuses_a_missing_model(manifest, tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path), "--manifest", str(manifest)]) == 5
+    assert "no model bundle" in capsys.readouterr().err
+
+
+def test_compare_two_runs(tiny_bundle, manifest, tmp_path):
+    first = copy_run(
+        tiny_bundle, tmp_path / "first", {"train_seconds": 125.0, "epochs_run": 3, "best_epoch": 2}
+    )
+    second = copy_run(tiny_bundle, tmp_path / "second")
+    out = tmp_path / "comparison"
+    argv = ["compare", str(first), str(second), "--out", str(out), "--manifest", str(manifest),
+            "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "50", "--no-probe"]  # fmt: skip
+    assert main(argv) == 0
+    assert (first / "evaluation" / "metrics.json").is_file()  # evaluated because it was missing
+    result = json.loads((out / "comparison.json").read_text())
+    assert [r["name"] for r in result["runs"]] == ["first", "second"]
+    assert result["runs"][0]["train_seconds"] == 125.0 and result["runs"][1]["train_seconds"] is None
+    assert all(r["images_per_second"] > 0 for r in result["runs"]) and result["warnings"] == []
+    params = result["runs"][0]["parameters"]
+    assert params == result["runs"][1]["parameters"] and params > 1000
+    md = (out / "comparison.md").read_text()
+    assert "2 min 05 s" in md and f"{params:,}" in md
+    accuracy = next(line for line in md.splitlines() if line.startswith("| accuracy |"))
+    assert len(re.findall(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", accuracy)) == 2
+    lines = md.splitlines()
+    header = lines.index("| " + " | ".join(HEADLINE_COLUMNS) + " |")  # BENCHMARKS.md's comparison columns
+    first_row = lines[header + 2].split(" | ")
+    assert (
+        first_row[0] == "| first" and first_row[3] == "2 min 05 s" and len(first_row) == len(HEADLINE_COLUMNS)
+    )
+    assert NOT_FOR_CLINICAL_USE in (out / "comparison.html").read_text()
+
+
+def test_task_rows_keep_positions_for_the_cache(manifest):
+    df = read_manifest(manifest)
+    rows, _ = task_rows(df, ["covid", "normal", "pneumonia"], "val")
+    positions = df.index.get_indexer(rows.index)
+    assert np.array_equal(df["path"].to_numpy()[positions], rows["path"].to_numpy())
