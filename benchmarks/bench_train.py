@@ -1,0 +1,120 @@
+"""Training throughput of every registered model on the CPU: images/s for forward + backward + Adam step.
+
+Batch 32 of random 1-channel images, 3 classes, cross-entropy, ``torch.set_num_threads(2)``; 2 warm-up steps,
+then timed steps until 5 are done or the ~10 s budget is spent (at least 1). Prints a table and writes
+``benchmarks/results/bench_train.json``.
+
+    .venv/bin/python benchmarks/bench_train.py [--models seed_cnn6,resnet18] [--sizes 128,224] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from covidxray.models import create_model, list_models
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "bench_train.json"
+
+
+def time_training(name: str, size: int, batch: int, steps: int, budget_s: float, warmup: int = 2) -> dict:
+    """Images/s of training steps of ``name`` at ``size`` px (after ``warmup`` untimed steps)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, in_channels=1, image_size=size).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.rand(batch, 1, size, size)
+    y = torch.arange(batch) % 3
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < steps and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    per_step = sorted(times)[len(times) // 2]  # median: robust to other processes' bursts
+    return {
+        "model": name,
+        "image_size": size,
+        "batch": batch,
+        "timed_steps": len(times),
+        "median_step_s": round(per_step, 4),
+        "images_per_s": round(batch / per_step, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _write(out: Path, rows: list[dict], threads: int) -> None:
+    meta = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "machine": _cpu_name(),
+        "load_average": os.getloadavg(),
+        "note": "forward+backward+Adam, batch of random 1-channel images, 3 classes; median of timed steps",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(list_models()), help="comma-separated registered names")
+    ap.add_argument("--sizes", default="128,224", help="comma-separated image sizes in px")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per entry")
+    ap.add_argument(
+        "--budget", type=float, default=10.0, help="seconds of timed steps per entry (at least one)"
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    rows = []
+    print(f"{'model':<16}{'size':>6}{'params':>13}{'steps':>7}{'s/step':>9}{'images/s':>10}", flush=True)
+    for name in models:
+        for size in sizes:
+            row = time_training(name, size, args.batch, args.steps, args.budget)
+            rows.append(row)
+            # written after every entry, so an interrupted long run keeps its figures
+            _write(args.out, rows, args.threads)
+            print(
+                f"{name:<16}{size:>6}{row['parameters']:>13,}{row['timed_steps']:>7}"
+                f"{row['median_step_s']:>9.3f}{row['images_per_s']:>10.1f}",
+                flush=True,
+            )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The small CNNs the seed write-ups trained from scratch, rebuilt layer for layer.
+
+Each takes an ``image_size`` argument (default: the seed's own input size) so the flatten size follows the
+input; the layer lists mirror the seeds' Keras ``Sequential`` models (conv, activation and pooling are separate
+modules, in the seeds' order). ``num_classes=1`` gives the seeds' single sigmoid logit.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from covidxray.models.base import Classifier
+from covidxray.models.registry import register_model
+
+
+class SeedCNN(Classifier):
+    """A seed CNN: ``conv`` (conv/ReLU/pool/dropout stack) -> flatten -> ``fc`` (dense, ReLU, [dropout]) -> ``head``.
+
+    ``features(x)`` is the output of the hidden dense layer (after its activation and dropout), the
+    penultimate vector; ``gradcam_layer`` is the ReLU after the last convolution.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        conv: nn.Sequential,
+        in_channels: int,
+        image_size: int,
+        hidden: int,
+        num_classes: int,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.conv = conv
+        self.flatten = nn.Flatten()
+        flat = _flat_size(name, conv, in_channels, image_size)
+        fc: list[tuple[str, nn.Module]] = [("dense", nn.Linear(flat, hidden)), ("relu", nn.ReLU())]
+        if dropout > 0:
+            fc.append(("dropout", nn.Dropout(dropout)))
+        self.fc = nn.Sequential(OrderedDict(fc))
+        self.head = nn.Linear(hidden, num_classes)
+        last_relu = [n for n, m in conv.named_children() if isinstance(m, nn.ReLU)][-1]
+        self.gradcam_layer = f"conv.{last_relu}"
+        self.image_size = int(image_size)
+        self.flat_features = flat
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.conv(x)))
+
+
+def _flat_size(name: str, conv: nn.Sequential, in_channels: int, image_size: int) -> int:
+    """Flattened length of ``conv``'s output for one ``image_size`` square image (a dry run on zeros)."""
+    try:
+        with torch.no_grad():
+            out = conv(torch.zeros(1, in_channels, image_size, image_size))
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{name}: image_size={image_size} is too small for its conv/pool stack ({exc})"
+        ) from exc
+    if out.numel() == 0:
+        raise ValueError(f"{name}: image_size={image_size} is too small for its conv/pool stack")
+    return int(out.numel())
+
+
+@register_model("seed_cnn6")
+def seed_cnn6(
+    num_classes: int = 3, in_channels: int = 1, image_size: int = 256, dropout: float = 0.5
+) -> SeedCNN:
+    """Seed 000 ("Corona Detection from X-ray using CNN"): six 3x3 convolutions, dense 64, dropout 0.5.
+
+    The seed lists six conv layers (16, 16, 32, 32, 64, 64 filters, ReLU) with 2x2 max pooling "reducing the
+    image size to its half", says the result is "64 features, each represented by a 32*32 array", and then a
+    flatten "of size 4800" -- which no 64-channel map can give (4800 / 64 = 75 is not a square). We follow the
+    feature-map sentence: ``same``-padded convs in three pairs, one 2x2 max-pool after each pair, so a 256 px
+    input ends as 64 maps of 32x32 exactly (hence the default ``image_size=256``); the flatten size follows
+    ``image_size`` (16,384 at 128 px). Pooling per pair, not per conv, is also what keeps the text's 32x32
+    reachable. Then dense 64 + ReLU, dropout 0.5 and the output layer (the seed: 2 sigmoid units; here
+    ``num_classes`` logits, 1 = one sigmoid logit). Cost at 128 px: ~0.15 GMAC per image forward.
+    """
+    layers: list[tuple[str, nn.Module]] = []
+    channels = [in_channels, 16, 16, 32, 32, 64, 64]
+    for i in range(6):
+        layers.append((f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1)))
+        layers.append((f"relu{i + 1}", nn.ReLU()))
+        if i % 2 == 1:
+            layers.append((f"pool{i // 2 + 1}", nn.MaxPool2d(2)))
+    conv = nn.Sequential(OrderedDict(layers))
+    return SeedCNN("seed_cnn6", conv, in_channels, image_size, 64, num_classes, dropout=dropout)
+
+
+@register_model("seed_cnn422k")
+def seed_cnn422k(
+    num_classes: int = 1, in_channels: int = 3, image_size: int = 256, dropout: float = 0.25
+) -> SeedCNN:
+    """Seed 002's "Our Model" (422,177 parameters at 256x256x3 with one output).
+
+    From its Keras summary: Conv2D 64 3x3 stride 3 (``valid`` padding: 256 -> 85) -> MaxPool 2 (42) -> Dropout ->
+    Conv2D 32 3x3 stride 3 (14) -> MaxPool 2 (7) -> Dropout -> Flatten (1568) -> Dense 256 -> Dense 1 (sigmoid).
+    The summary shows no activations or dropout rates; we use ReLU after both convs and the 256-unit dense
+    layer, and ``dropout=0.25``. Parameter count: 1,792 + 18,464 + 401,664 + 257 = 422,177.
+    """
+    conv = nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(in_channels, 64, 3, stride=3)),
+                ("relu1", nn.ReLU()),
+                ("pool1", nn.MaxPool2d(2)),
+                ("dropout1", nn.Dropout(dropout)),
+                ("conv2", nn.Conv2d(64, 32, 3, stride=3)),
+                ("relu2", nn.ReLU()),
+                ("pool2", nn.MaxPool2d(2)),
+                ("dropout2", nn.Dropout(dropout)),
+            ]
+        )
+    )
+    return SeedCNN("seed_cnn422k", conv, in_channels, image_size, 256, num_classes)
+
+
+@register_model("seed_cnn2")
+def seed_cnn2(num_classes: int = 1, in_channels: int = 1, image_size: int = 64) -> SeedCNN:
+    """Seeds 003/004: two blocks of Conv2D 32 3x3 + ReLU + MaxPool 2, flatten, dense 256 + ReLU, output.
+
+    Keras defaults (``valid`` padding) as in the seeds; they do not state the input size, we default to 64 px
+    (64 -> 62 -> 31 -> 29 -> 14: a flatten of 6,272). The seeds end in one sigmoid unit (``num_classes=1``).
+    """
+    conv = nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(in_channels, 32, 3)),
+                ("relu1", nn.ReLU()),
+                ("pool1", nn.MaxPool2d(2)),
+                ("conv2", nn.Conv2d(32, 32, 3)),
+                ("relu2", nn.ReLU()),
+                ("pool2", nn.MaxPool2d(2)),
+            ]
+        )
+    )
+    return SeedCNN("seed_cnn2", conv, in_channels, image_size, 256, num_classes)

@@ -1,0 +1,247 @@
+"""Model families: the registry contract, the seeds' layer lists, Grad-CAM hooks and loading local weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from monai.visualize import GradCAM
+from safetensors.torch import save_file
+from torch import nn
+
+from covidxray.models import (
+    Classifier,
+    PretrainedWeightsError,
+    XRayNet,
+    create_model,
+    list_models,
+    load_pretrained,
+)
+from covidxray.models.mobilenet import MobileNetV2Backbone
+
+SIZE = 64
+EXPECTED = {
+    "seed_cnn6",
+    "seed_cnn422k",
+    "seed_cnn2",
+    "densenet121",
+    "resnet18",
+    "resnet50",
+    "efficientnet_b0",
+    "vgg16",
+    "mobilenet_v2",
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting costs more than it gains."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def layer_list(seq: nn.Module) -> list[str]:
+    """``Conv2d(16)``, ``ReLU``, ``MaxPool2d``, ``Linear(64)``, ``Dropout(0.5)`` ... for each child module."""
+    out = []
+    for m in seq.children():
+        if isinstance(m, nn.Conv2d):
+            out.append(f"Conv2d({m.out_channels})")
+        elif isinstance(m, nn.Linear):
+            out.append(f"Linear({m.out_features})")
+        elif isinstance(m, nn.Dropout):
+            out.append(f"Dropout({m.p})")
+        else:
+            out.append(type(m).__name__)
+    return out
+
+
+def test_registry_has_every_family() -> None:
+    assert set(list_models()) == EXPECTED
+    with pytest.raises(ValueError, match="unknown model 'vgg19'"):
+        create_model("vgg19")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_model_contract_train_gradcam_freeze(name: str) -> None:
+    torch.manual_seed(0)
+    # both channel counts and both head sizes, in two builds (vgg16 alone has 138 M parameters)
+    binary = create_model(name, num_classes=1, in_channels=3, image_size=SIZE)
+    with torch.no_grad():
+        assert binary.eval()(torch.rand(1, 3, SIZE, SIZE)).shape == (1, 1)
+    del binary
+
+    model = create_model(name, num_classes=3, in_channels=1, image_size=SIZE)
+    assert isinstance(model, Classifier)
+    assert isinstance(model.head, nn.Linear) and model.head.out_features == 3
+    x = torch.rand(2, 1, SIZE, SIZE)
+    model.eval()
+    with torch.no_grad():
+        assert model.features(x).shape == (2, model.head.in_features)
+        assert model(x).shape == (2, 3)
+
+    # one "epoch" of two batches: the loss is finite and every trainable parameter group moves
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = model.head.weight.detach().clone()
+    first = next(p for p in model.parameters()).detach().clone()
+    for batch in range(2):
+        xb = torch.rand(2, 1, SIZE, SIZE)
+        yb = torch.tensor([batch, 2])
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(model.head.weight, before)
+    assert not torch.equal(next(p for p in model.parameters()), first)
+
+    # Grad-CAM hooks the named layer through the XRayNet wrapper
+    target = model.get_submodule(model.gradcam_layer)
+    assert not isinstance(target, nn.Linear)
+    wrapped = XRayNet(model, mean=0.5, std=0.25, num_outputs=3).eval()
+    cam = GradCAM(nn_module=wrapped, target_layers="net." + model.gradcam_layer)
+    heat = cam(torch.rand(1, 1, SIZE, SIZE))
+    assert heat.shape == (1, 1, SIZE, SIZE)
+    assert torch.isfinite(heat).all()
+
+    model.freeze_backbone()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+
+
+def test_seed_cnn6_layers_follow_seed_000() -> None:
+    model = create_model("seed_cnn6", num_classes=2, in_channels=3, image_size=256)
+    assert layer_list(model.conv) == [
+        "Conv2d(16)", "ReLU", "Conv2d(16)", "ReLU", "MaxPool2d",
+        "Conv2d(32)", "ReLU", "Conv2d(32)", "ReLU", "MaxPool2d",
+        "Conv2d(64)", "ReLU", "Conv2d(64)", "ReLU", "MaxPool2d",
+    ]  # fmt: skip
+    assert all(m.kernel_size == (3, 3) for m in model.conv if isinstance(m, nn.Conv2d))
+    assert layer_list(model.fc) == ["Linear(64)", "ReLU", "Dropout(0.5)"]
+    assert model.head.out_features == 2
+    # the seed's "64 features, each represented by a 32*32 array"
+    assert model.conv(torch.zeros(1, 3, 256, 256)).shape == (1, 64, 32, 32)
+    assert create_model("seed_cnn6", image_size=128).flat_features == 64 * 16 * 16
+
+
+def test_seed_cnn422k_matches_seed_002_summary() -> None:
+    model = create_model("seed_cnn422k", num_classes=1, in_channels=3, image_size=256)
+    assert sum(p.numel() for p in model.parameters()) == 422_177
+    assert layer_list(model.conv) == [
+        "Conv2d(64)", "ReLU", "MaxPool2d", "Dropout(0.25)",
+        "Conv2d(32)", "ReLU", "MaxPool2d", "Dropout(0.25)",
+    ]  # fmt: skip
+    assert [m.stride for m in model.conv if isinstance(m, nn.Conv2d)] == [(3, 3), (3, 3)]
+    # the Keras summary's output shapes and per-layer parameter counts
+    x = torch.zeros(1, 3, 256, 256)
+    shapes = []
+    for m in model.conv:
+        x = m(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert shapes[0] == (64, 85, 85) and shapes[2] == (64, 42, 42)
+    assert shapes[4] == (32, 14, 14) and shapes[6] == (32, 7, 7)
+    assert model.flat_features == 1568
+    counts = [
+        sum(p.numel() for p in m.parameters()) for m in (model.conv.conv1, model.conv.conv2, model.fc.dense)
+    ]
+    assert counts == [1792, 18464, 401664]
+    assert sum(p.numel() for p in model.head.parameters()) == 257
+
+
+def test_seed_cnn2_layers_follow_seeds_003_004() -> None:
+    model = create_model("seed_cnn2", num_classes=1, in_channels=1, image_size=64)
+    assert layer_list(model.conv) == ["Conv2d(32)", "ReLU", "MaxPool2d", "Conv2d(32)", "ReLU", "MaxPool2d"]
+    assert layer_list(model.fc) == ["Linear(256)", "ReLU"]
+    assert model.head.out_features == 1
+    assert model.flat_features == 32 * 14 * 14
+
+
+def test_seed_flatten_follows_image_size_and_rejects_tiny_inputs() -> None:
+    small = create_model("seed_cnn2", image_size=64)
+    large = create_model("seed_cnn2", image_size=128)
+    assert large.flat_features == 32 * 30 * 30 != small.flat_features
+    assert large(torch.rand(1, 1, 128, 128)).shape == (1, 3)  # the registry's default: three classes
+    with pytest.raises(ValueError, match="image_size=8 is too small"):
+        create_model("seed_cnn422k", image_size=8)
+
+
+def test_seed_cnn2_learns_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    model = create_model("seed_cnn2", num_classes=3, in_channels=1, image_size=32)
+    x = torch.rand(12, 1, 32, 32)
+    y = torch.arange(12) % 3
+    x[y == 1] += 0.5  # classes differ in brightness
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_load_pretrained_adapts_rgb_stem_and_keeps_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = create_model("resnet18", num_classes=5, in_channels=3)
+    path = tmp_path / "rgb.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("resnet18", num_classes=3, in_channels=1)
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+
+    report = load_pretrained(model, path)
+
+    src, dst = source.state_dict(), model.state_dict()
+    assert torch.allclose(dst["backbone.conv1.weight"], src["backbone.conv1.weight"].sum(dim=1, keepdim=True))
+    for key, value in src.items():
+        if key.startswith("backbone.") and key != "backbone.conv1.weight":
+            assert torch.equal(dst[key], value), key
+    assert all(torch.equal(model.head.state_dict()[k], v) for k, v in head_before.items())
+    assert report.adapted == ["backbone.conv1.weight"]
+    assert sorted(report.skipped_head) == ["head.bias", "head.weight"]
+    assert not report.missing and not report.unexpected
+
+
+def test_load_pretrained_reads_torchvision_layout_and_bundles(tmp_path: Path) -> None:
+    # an ImageNet-style file: torchvision's key names (no "backbone." prefix) and a 1000-class classifier
+    torch.manual_seed(0)
+    imagenet = MobileNetV2Backbone(in_channels=3).state_dict()
+    imagenet["classifier.1.weight"] = torch.randn(1000, 1280)
+    imagenet["classifier.1.bias"] = torch.randn(1000)
+    save_file({k: v.contiguous() for k, v in imagenet.items()}, tmp_path / "mobilenet_v2.safetensors")
+    model = create_model("mobilenet_v2", num_classes=1, in_channels=1)
+    report = load_pretrained(model, tmp_path / "mobilenet_v2.safetensors")
+    assert sorted(report.skipped_head) == ["classifier.1.bias", "classifier.1.weight"]
+    assert torch.equal(model.backbone.features[5].conv[0][0].weight, imagenet["features.5.conv.0.0.weight"])
+
+    # a covidxray XRayNet state dict (as in a bundle's model.safetensors) loads into a bare classifier
+    wrapped = XRayNet(create_model("seed_cnn2", num_classes=3, image_size=32), 0.5, 0.25, 3)
+    torch.save(wrapped.state_dict(), tmp_path / "run.pt")
+    plain = create_model("seed_cnn2", num_classes=1, image_size=32)
+    report = load_pretrained(plain, tmp_path / "run.pt")
+    assert sorted(report.ignored) == ["mean", "std"]
+    assert torch.equal(plain.fc.dense.weight, wrapped.net.fc.dense.weight)
+
+
+def test_load_pretrained_explains_a_misfit(tmp_path: Path) -> None:
+    torch.save(create_model("seed_cnn2", image_size=64).state_dict(), tmp_path / "seed.pt")
+    with pytest.raises(PretrainedWeightsError, match=r"seed\.pt does not fit") as err:
+        load_pretrained(create_model("resnet18"), tmp_path / "seed.pt")
+    assert "missing in the file" in str(err.value) and "backbone.conv1.weight" in str(err.value)
+    assert "unexpected in the file" in str(err.value) and "conv.conv1.weight" in str(err.value)
+
+    other_size = create_model("seed_cnn2", image_size=128)
+    with pytest.raises(PretrainedWeightsError, match=r"shape mismatch \(1\): fc\.dense\.weight"):
+        load_pretrained(other_size, tmp_path / "seed.pt")
+    report = load_pretrained(other_size, tmp_path / "seed.pt", strict_backbone=False)
+    assert "conv.conv1.weight" in report.loaded and "fc.dense.weight" not in report.loaded
+
+    (tmp_path / "notes.pt").write_text("not a state dict")
+    with pytest.raises(PretrainedWeightsError, match=r"cannot read weights file .*notes\.pt"):
+        load_pretrained(create_model("seed_cnn2"), tmp_path / "notes.pt")
+    with pytest.raises(PretrainedWeightsError, match="does not exist"):
+        load_pretrained(create_model("seed_cnn2"), tmp_path / "absent.pth")
