@@ -1,0 +1,324 @@
+"""``covidxray predict``, ``covidxray export`` and ``covidxray guard``.
+
+Only argparse is imported here: handlers import the predictor lazily, and the predictor imports torch only for
+the torch backend, so ``covidxray predict --backend onnx`` starts without torch (and without pandas).
+
+Exit codes of ``predict`` (see :mod:`covidxray.cli`): 0 predicted; 3 bad input (missing file or folder, empty
+folder, unreadable/empty/truncated/too small image, undecodable DICOM -- and, for ``--images``, when not one
+image could be read); 4 refused by the input guard under ``--strict`` (single image); 5 the model cannot be
+found or loaded; 2 bad arguments. In a batch, bad images are rows with an ``error`` and do not change the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_predict(subparsers)
+    _register_export(subparsers)
+    _register_guard(subparsers)
+
+
+# -- predict -----------------------------------------------------------------------------------------------------
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict",
+        help="predict one image or a folder of images",
+        description="Predict covid / normal / pneumonia for chest X-rays (PNG, JPEG, 16-bit PNG, DICOM). "
+        "Exit codes: 0 ok, 2 usage, 3 bad input, 4 refused by the input guard (--strict), 5 model not loadable. "
+        "Research use only, not for clinical diagnosis.",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", metavar="PATH", help="one image file")
+    what.add_argument("--images", metavar="DIR|GLOB", help="a folder (searched recursively) or a quoted glob")
+    p.add_argument(
+        "--model",
+        metavar="RUN",
+        default=None,
+        help="run folder, bundle folder or .onnx file (default: the shipped default model)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default=None,
+        help="inference backend (default: onnx for a .onnx --model, else torch)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="with --images: write rows to FILE (.csv or .jsonl; default: CSV on stdout)",
+    )
+    p.add_argument("--json", action="store_true", help="with --image: print the result as JSON")
+    p.add_argument(
+        "--explain",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write a Grad-CAM overlay PNG per image into DIR (torch backend)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse images the input guard flags (not a chest X-ray, out of distribution)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar for --images")
+    p.set_defaults(func=run_predict)
+
+
+def _load(args: argparse.Namespace):
+    from covidxray.cli import EXIT_MODEL, CLIError
+    from covidxray.prediction.predictor import ModelLoadError, load_predictor
+
+    backend = args.backend or ("onnx" if str(args.model or "").endswith(".onnx") else "torch")
+    try:
+        return load_predictor(args.model, backend=backend, strict=args.strict)
+    except ModelLoadError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from covidxray.cli import EXIT_USAGE, CLIError
+
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}", EXIT_USAGE)
+    if args.image and args.out:
+        raise CLIError("--out goes with --images; for one image use --json and redirect", EXIT_USAGE)
+    if args.images and args.json:
+        raise CLIError("--json goes with --image; for --images write --out preds.jsonl", EXIT_USAGE)
+    if args.explain and args.backend == "onnx":
+        raise CLIError("--explain (Grad-CAM) needs the torch backend: drop --backend onnx", EXIT_USAGE)
+    if args.images:
+        return _predict_many(args)
+    return _predict_one(args)
+
+
+def _predict_one(args: argparse.Namespace) -> int:
+    import json
+
+    from covidxray import NOT_FOR_CLINICAL_USE
+    from covidxray.cli import EXIT_INPUT, EXIT_REFUSED, CLIError
+
+    if not Path(args.image).is_file():  # before loading the model: a typo should fail fast
+        what = "is a folder: use --images" if Path(args.image).is_dir() else "file does not exist"
+        raise CLIError(f"{args.image}: {what}", EXIT_INPUT)
+    predictor = _load(args)
+    pred = predictor.predict(args.image)
+    if pred.ok and args.explain:
+        _write_explanation(predictor, args.image, args.explain, set())
+    if args.json:
+        out = pred.to_dict()
+        out.update(
+            model=predictor.backend.version,
+            decision_rule=predictor.decision_rule(),
+            not_for_clinical_use=NOT_FOR_CLINICAL_USE,
+        )
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n".join(_report_lines(pred, predictor)))
+    if pred.error_reason == "refused":
+        raise CLIError(pred.error or "refused by the input guard", EXIT_REFUSED)
+    if pred.error:
+        raise CLIError(pred.error, EXIT_INPUT)
+    return 0
+
+
+def _report_lines(pred, predictor) -> list[str]:
+    from covidxray import NOT_FOR_CLINICAL_USE
+
+    lines = [f"image: {pred.path}"]
+    if pred.label is not None:
+        lines.append(f"label: {pred.label}")
+        width = max(len(c) for c in pred.probabilities)
+        lines += [f"  p({c}){' ' * (width - len(c))} = {p:.4f}" for c, p in pred.probabilities.items()]
+        op = predictor.operating_point
+        note = ""
+        if pred.covid_threshold is not None and op:
+            extra = [f"{k} {op[k]}" for k in ("target_sensitivity", "chosen_on") if op.get(k) is not None]
+            note = " (the model's operating point" + (": " + ", ".join(extra) if extra else "") + ")"
+        lines.append(f"decision: {predictor.decision_rule()}{note}")
+    else:
+        lines.append("label: none")
+    lines += [f"warning: {w}" for w in pred.warnings]
+    lines.append(f"model: {predictor.backend.version} ({predictor.backend.name})")
+    lines.append(NOT_FOR_CLINICAL_USE)
+    return lines
+
+
+def _predict_many(args: argparse.Namespace) -> int:
+    from covidxray import NOT_FOR_CLINICAL_USE
+    from covidxray.cli import EXIT_INPUT, CLIError
+    from covidxray.imageio import ImageLoadError
+    from covidxray.prediction.batch import BatchSummary, RowWriter, find_images, stream_rows
+
+    try:
+        paths = find_images(args.images)
+    except ImageLoadError as exc:
+        raise CLIError(str(exc), EXIT_INPUT) from exc
+    predictor = _load(args)
+    out = args.out
+    stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
+    summary = BatchSummary()
+    explained: set[str] = set()
+    try:
+        writer = RowWriter(stream, predictor.classes, jsonl=bool(out and out.suffix.lower() == ".jsonl"))
+        preds = stream_rows(predictor.iter_predict(paths, batch_size=args.batch_size), writer, summary)
+        for pred in _progress(preds, len(paths), disable=args.no_progress):
+            if args.explain and pred.ok:
+                _write_explanation(predictor, pred.path, args.explain, explained)
+    finally:
+        if out:
+            stream.close()
+        else:
+            stream.flush()
+    lines = summary.lines()
+    lines.append(f"decision: {predictor.decision_rule()}")
+    if out:
+        lines.append(f"wrote {summary.total} rows to {out}")
+    print("\n".join([*lines, NOT_FOR_CLINICAL_USE]), file=sys.stderr)
+    if summary.predicted == 0 and summary.refused == 0:
+        raise CLIError(f"none of the {summary.total} images could be read", EXIT_INPUT)
+    return 0
+
+
+def _progress(items, total: int, disable: bool):
+    if disable or total < 2:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, unit="img", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+def _write_explanation(predictor, path: str, out_dir: Path, used: set[str]) -> Path:
+    """``<stem>_gradcam.png`` in ``out_dir`` (``<stem>_gradcam-2.png``, ... when stems repeat in a batch)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(path).stem
+    name, k = f"{stem}_gradcam.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}_gradcam-{k}.png"
+    used.add(name)
+    target = out_dir / name
+    target.write_bytes(predictor.explain(path))
+    return target
+
+
+# -- export ------------------------------------------------------------------------------------------------------
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a model bundle to ONNX",
+        description="Write an ONNX file (dynamic batch) whose metadata holds the classes, preprocessing, operating "
+        "point and input guard, so ONNX Runtime can use it without covidxray or torch. Checks that ONNX Runtime "
+        "agrees with PyTorch to 1e-4.",
+    )
+    p.add_argument("--model", required=True, metavar="RUN", help="run folder or bundle folder")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="output file (default: model.onnx in the bundle folder)",
+    )
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from covidxray import NOT_FOR_CLINICAL_USE
+    from covidxray.cli import EXIT_MODEL, CLIError
+    from covidxray.prediction.export import DEFAULT_OPSET, export_onnx
+    from covidxray.prediction.predictor import ModelLoadError, resolve_model_path
+
+    try:
+        bundle = resolve_model_path(args.model, "torch")
+        out = args.onnx or bundle / "model.onnx"
+        facts = export_onnx(bundle, out, opset=args.opset or DEFAULT_OPSET)
+    except ModelLoadError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
+    print(
+        f"wrote {facts['path']} ({facts['bytes'] / 1e6:.1f} MB, opset {facts['opset']}, model {facts['version']}); "
+        f"ONNX Runtime vs PyTorch max |dp| = {facts['max_abs_diff']:.1e}"
+    )
+    print(NOT_FOR_CLINICAL_USE)
+    return 0
+
+
+# -- guard -------------------------------------------------------------------------------------------------------
+def _register_guard(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "guard",
+        help="fit the input guard's feature-distance threshold on training images",
+        description="Fit the distance-to-training-data part of the input guard on a manifest split (from the "
+        "preprocessed cache) and store it in the bundle's config.json; re-exports model.onnx if the bundle has one.",
+    )
+    p.add_argument("--model", required=True, metavar="RUN", help="run folder or bundle folder")
+    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV the model was trained on")
+    p.add_argument("--split", default="train", help="manifest split to fit on (default: %(default)s)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=Path("runs/cache"), help="image cache (default: %(default)s)"
+    )
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.99,
+        help="threshold = this quantile of held-out training distances (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=3000,
+        help="fit on at most this many images, a seeded random sample (default: %(default)s)",
+    )
+    p.set_defaults(func=run_guard)
+
+
+def run_guard(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from covidxray.bundle import read_config
+    from covidxray.cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, CLIError
+    from covidxray.prediction.guard import fit_guard
+    from covidxray.prediction.predictor import ModelLoadError, resolve_model_path
+
+    if not 0.5 <= args.quantile < 1:
+        raise CLIError(f"--quantile must be in [0.5, 1), got {args.quantile}", EXIT_USAGE)
+    try:
+        bundle = resolve_model_path(args.model, "torch")
+    except ModelLoadError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
+    if not args.manifest.is_file():
+        raise CLIError(
+            f"{args.manifest}: manifest not found; build one with 'covidxray manifest'", EXIT_INPUT
+        )
+    from covidxray.data.cache import load_cache
+    from covidxray.data.manifest import read_manifest
+
+    df = read_manifest(args.manifest)
+    positions = np.flatnonzero((df["split"] == args.split).to_numpy())
+    if len(positions) < 20:
+        raise CLIError(
+            f"{args.manifest}: split {args.split!r} has {len(positions)} rows; need at least 20", EXIT_INPUT
+        )
+    if len(positions) > args.max_images:
+        positions = np.sort(np.random.default_rng(0).choice(positions, args.max_images, replace=False))
+    # the whole manifest's cache, as training and evaluation use it: built once, shared
+    cache = load_cache(df, read_config(bundle).preprocessing, cache_dir=args.cache_dir)
+    guard = fit_guard(bundle, np.asarray(cache[positions]))
+    fd = guard["feature_distance"]
+    print(
+        f"input guard fitted on {fd['fitted_on']} {args.split} images: feature-distance threshold "
+        f"{fd['threshold']:.3f} ({fd['quantile']:.0%} of held-out training images), stored in {bundle / 'config.json'}"
+    )
+    onnx_path = bundle / "model.onnx"
+    if onnx_path.exists():
+        from covidxray.prediction.export import export_onnx
+
+        export_onnx(bundle, onnx_path)
+        print(f"re-exported {onnx_path} with the guard in its metadata")
+    return 0

@@ -1,0 +1,36 @@
+"""The PyTorch backend: a bundle folder rebuilt by :func:`covidxray.bundle.load_bundle`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle
+from covidxray.models.base import logits_to_probabilities
+from covidxray.prediction.predictor import ModelLoadError, model_version
+
+
+class TorchBackend:
+    """Runs the bundle's :class:`covidxray.models.base.XRayNet` in eval mode on the CPU."""
+
+    name = "torch"
+
+    def __init__(self, bundle_path: str | Path):
+        try:
+            bundle = load_bundle(bundle_path)
+        except (BundleError, OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"{bundle_path}: cannot load the model bundle: {exc}") from exc
+        self.model = bundle.model.eval()
+        self.config: dict[str, Any] = bundle.config.to_dict()
+        self.version = model_version(bundle.config.architecture, Path(bundle_path) / WEIGHTS_FILE)
+        self.source = str(bundle_path)
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs (N, C, S, S) in [0, 1] -> probabilities (N, K), features (N, F)."""
+        with torch.inference_mode():
+            feats = self.model.features(torch.from_numpy(x))
+            probs = logits_to_probabilities(self.model.net.head(feats))
+        return probs.float().numpy(), feats.float().numpy()
