@@ -1,0 +1,179 @@
+"""``covidxray run``: the README's main job -- manifest -> train the default model -> fit its input guard ->
+evaluate it -> export it to ONNX -> print the summary table and the report's path.
+
+Each step writes a stamp (``<out>/stamps/<step>.json``) holding a fingerprint of its inputs and its
+arguments; a step whose stamp matches and whose output exists is skipped, like make. ``--force`` reruns all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from covidxray import NOT_FOR_CLINICAL_USE
+
+# The recipe of the default model: what `covidxray run` trains and what src/covidxray/default_model was made with.
+DEFAULT_RECIPE: dict[str, Any] = {
+    "model": "seed_cnn6",
+    "epochs": 20,
+    "image_size": 128,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "loss": "ce",
+    "augment": "light",
+    "sampler": "balanced",
+    "class_weights": "none",
+    "seed": 0,
+    "patience": 5,
+    "max_minutes": 18.0,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="the main job: build the manifest, train the default model, evaluate it, print the report",
+        description=__doc__,
+    )
+    p.add_argument("--root", default="../shared/data", help="folder of chest X-ray collections")
+    p.add_argument("--out", default="runs", help="where the manifest, cache, run and report go")
+    p.add_argument("--model", default=DEFAULT_RECIPE["model"], help="architecture of the model to train")
+    p.add_argument("--epochs", type=int, default=DEFAULT_RECIPE["epochs"])
+    p.add_argument("--image-size", type=int, default=DEFAULT_RECIPE["image_size"])
+    p.add_argument("--max-minutes", type=float, default=DEFAULT_RECIPE["max_minutes"],
+                   help="training time budget (stops after the epoch that exceeds it)")
+    p.add_argument("--seed", type=int, default=DEFAULT_RECIPE["seed"])
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--force", action="store_true", help="rerun every step even when up to date")
+    p.set_defaults(func=_cmd_run)
+
+
+def root_fingerprint(root: Path) -> str:
+    """sha1 over (relative path, size, mtime) of every file under ``root``: changes when any file does."""
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            st = p.stat()
+            h.update(f"{p.relative_to(root)}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Steps:
+    """Runs named steps, skipping those whose stamp (inputs fingerprint) matches and whose output exists."""
+
+    def __init__(self, stamp_dir: Path, force: bool = False):
+        self.stamp_dir = stamp_dir
+        self.force = force
+
+    def run(self, name: str, inputs: dict[str, Any], output: Path, fn: Callable[[], Any]) -> bool:
+        """Run ``fn`` unless up to date; returns True when it ran."""
+        stamp = self.stamp_dir / f"{name}.json"
+        key = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+        if not self.force and output.exists() and stamp.is_file():
+            if json.loads(stamp.read_text()).get("key") == key:
+                print(f"[{name}] up to date: {output}")
+                return False
+        print(f"[{name}] running ...", flush=True)
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+        self.stamp_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"key": key, "inputs": inputs, "seconds": round(seconds, 1)}, indent=2,
+                                    default=str))
+        print(f"[{name}] done in {seconds:.0f} s: {output}", flush=True)
+        return True
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """The four steps; returns the evaluation metrics."""
+    from covidxray.cli import EXIT_INPUT, CLIError
+
+    root = Path(args.root)
+    if not root.is_dir():
+        raise CLIError(f"data root {root} is not a folder: pass --root PATH to the chest X-ray collections",
+                       EXIT_INPUT)
+    out = Path(args.out)
+    steps = Steps(out / "stamps", force=args.force)
+    manifest = out / "data" / "manifest.csv"
+    cache_dir = out / "cache"
+    run_dir = out / "default"
+    bundle_dir = run_dir / "model"
+    eval_dir = run_dir / "eval"
+
+    def build() -> None:
+        from covidxray.data.manifest import build_manifest
+
+        build_manifest(root, out=manifest, seed=args.seed, workers=args.workers)
+
+    steps.run("manifest", {"root": str(root.resolve()), "files": root_fingerprint(root), "seed": args.seed},
+              manifest, build)
+    manifest_sha1 = file_sha1(manifest)
+
+    recipe = dict(DEFAULT_RECIPE, model=args.model, epochs=args.epochs, image_size=args.image_size,
+                  max_minutes=args.max_minutes, seed=args.seed)
+
+    def train() -> None:
+        from covidxray.training.config import TrainConfig
+        from covidxray.training.trainer import train as train_model
+
+        cfg = TrainConfig(manifest=str(manifest), out=str(run_dir), cache_dir=str(cache_dir),
+                          workers=args.workers, **recipe)
+        train_model(cfg)
+
+    steps.run("train", {"manifest": manifest_sha1, "recipe": recipe}, bundle_dir / "model.safetensors", train)
+    weights_sha1 = file_sha1(bundle_dir / "model.safetensors")
+
+    def guard() -> None:
+        from covidxray.prediction.cli import run_guard
+
+        run_guard(argparse.Namespace(model=str(bundle_dir), manifest=manifest, split="train",
+                                     cache_dir=cache_dir, quantile=0.99, max_images=3000))
+
+    steps.run("guard", {"manifest": manifest_sha1, "weights": weights_sha1}, bundle_dir / "config.json", guard)
+
+    def evaluate() -> None:
+        from covidxray.data.manifest import read_manifest
+        from covidxray.evaluation.evaluate import evaluate as evaluate_model
+
+        evaluate_model(bundle_dir, read_manifest(manifest), eval_dir, cache_dir, manifest_path=manifest)
+
+    steps.run("evaluate", {"manifest": manifest_sha1, "weights": weights_sha1}, eval_dir / "metrics.json",
+              evaluate)
+
+    def export() -> None:
+        from covidxray.prediction.export import export_onnx
+
+        export_onnx(bundle_dir, bundle_dir / "model.onnx")
+
+    # after evaluation, so the ONNX metadata carries the operating point chosen on val
+    steps.run("export", {"config": file_sha1(bundle_dir / "config.json"), "weights": weights_sha1},
+              bundle_dir / "model.onnx", export)
+    return json.loads((eval_dir / "metrics.json").read_text())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from covidxray.evaluation.summary import summary_lines
+
+    metrics = run_pipeline(args)
+    print()
+    for line in summary_lines(metrics):
+        print(line)
+    print(NOT_FOR_CLINICAL_USE)
+    return 0

@@ -1,0 +1,174 @@
+"""The training configuration: one typed dataclass, saved with every run and inside every bundle.
+
+**Task** (``classes``): the bundle's classes, in the order of the probability columns.
+
+- ``("covid", "normal", "pneumonia")`` (default): three classes, softmax cross-entropy.
+- a subset, e.g. ``("covid", "normal")``: rows of the other labels are dropped (the seeds' binary task).
+- ``"rest"`` collects every label not listed: ``("covid", "rest")`` maps normal and pneumonia to ``rest``.
+
+**Loss**: ``ce`` = softmax cross-entropy over ``len(classes)`` logits. ``bce`` = the seeds' one sigmoid output,
+only for two classes. The rule for ``bce``: the single logit is the probability of the **last** class,
+``classes[1]``; :meth:`covidxray.models.base.XRayNet.probabilities` returns ``[1 - p, p]``, i.e. columns in
+``classes`` order, the same as for ``ce``. (Keras' ``flow_from_directory`` in the seeds sorts class folders
+alphabetically, so their sigmoid was P(normal) for covid/normal -- the same rule.)
+
+**Sampling**: ``balanced`` draws ``len(train)`` rows per epoch with replacement, every label with equal
+probability and, within a label, every source with equal probability (no collection dominates a label);
+``shuffle`` is a plain permutation. ``class_weights="auto"`` weights the loss by the inverse label frequency
+*as the sampler delivers it*: with ``balanced`` the labels already arrive equally often, so the weights are 1.
+
+**Best model**: ``model/`` holds the epoch with the highest validation macro ROC AUC; when the validation split
+has a single class (AUC undefined) the lowest validation loss is used instead. Early stopping and the LR
+schedule (ReduceLROnPlateau, factor 0.5) watch the same score.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+LABELS = ("covid", "normal", "pneumonia")
+REST = "rest"
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+LOSSES = ("ce", "bce")
+AUGMENTS = ("seed002", "light", "none")
+CLASS_WEIGHTS = ("auto", "none")
+SAMPLERS = ("balanced", "shuffle")
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot work, with what was expected and what was given."""
+
+
+def parse_classes(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"covid,normal"`` or a sequence -> a validated tuple of class names."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    classes = tuple(c.strip().lower() for c in items if c.strip())
+    unknown = [c for c in classes if c not in (*LABELS, REST)]
+    if unknown:
+        raise ConfigError(
+            f"unknown class name(s) {unknown}: classes are taken from {list(LABELS)} plus '{REST}' "
+            "(every label not listed), e.g. --classes covid,normal,pneumonia or covid,rest"
+        )
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"classes {list(classes)} repeat a name")
+    if len(classes) < 2:
+        raise ConfigError(f"a task needs at least two classes, got {list(classes)}")
+    if REST in classes and set(classes) >= {*LABELS, REST}:
+        raise ConfigError(f"'{REST}' would be empty: every label is already listed in {list(classes)}")
+    return classes
+
+
+def label_map(classes: tuple[str, ...]) -> dict[str, int]:
+    """Manifest label -> class index for this task; labels absent from the map are dropped."""
+    mapping = {c: i for i, c in enumerate(classes) if c != REST}
+    if REST in classes:
+        mapping.update({lab: classes.index(REST) for lab in LABELS if lab not in mapping})
+    return mapping
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (see the module docstring for the task/loss/sampling rules)."""
+
+    manifest: str = ""
+    model: str = "seed_cnn6"
+    out: str = "runs/seed_cnn6"
+    epochs: int = 15
+    image_size: int = 128
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    loss: str = "ce"
+    classes: tuple[str, ...] = LABELS
+    augment: str = "light"
+    class_weights: str = "auto"
+    sampler: str = "balanced"
+    seed: int = 0
+    workers: int = 0
+    weights: str | None = None
+    freeze_backbone: bool = False
+    patience: int = 5
+    intensity: str = "equalize"
+    resize: str = "squash"
+    channels: int = 1
+    holdout_source: str | None = None
+    cache_dir: str = "runs/cache"
+    max_minutes: float | None = None
+    progress: bool = True
+    checkpoint_every: int = 50  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
+    threads: int | None = None  # torch threads; None: OMP_NUM_THREADS if set, else 2
+
+    def __post_init__(self) -> None:
+        self.classes = parse_classes(self.classes)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first field that cannot work."""
+        for name, allowed in (
+            ("optimizer", OPTIMIZERS),
+            ("loss", LOSSES),
+            ("augment", AUGMENTS),
+            ("class_weights", CLASS_WEIGHTS),
+            ("sampler", SAMPLERS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.loss == "bce" and len(self.classes) != 2:
+            raise ConfigError(
+                f"loss 'bce' (one sigmoid output) needs exactly two classes, got {list(self.classes)}; "
+                "use --loss ce for more"
+            )
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.workers < 0 or self.patience < 0 or self.checkpoint_every < 0 or (self.threads or 0) < 0:
+            raise ConfigError("workers, patience, checkpoint_every and threads must not be negative")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+
+    @property
+    def num_outputs(self) -> int:
+        """Network outputs: 1 for the sigmoid (bce) task, else one logit per class."""
+        return 1 if self.loss == "bce" else len(self.classes)
+
+    def preprocessing(self):
+        """The :class:`covidxray.preprocess.Preprocessing` this run trains with (and its bundle stores)."""
+        from covidxray.preprocess import Preprocessing
+
+        return Preprocessing(
+            image_size=self.image_size, channels=self.channels, resize=self.resize, intensity=self.intensity
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a saved ``run.json``); unknown keys are rejected by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML or JSON file of options (the keys of :class:`TrainConfig`)."""
+        p = Path(path)
+        text = p.read_text()
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: expected a mapping of training options, got {type(d).__name__}")
+        return cls.from_dict(d)
