@@ -34,16 +34,25 @@ def test_config_file_yaml(tmp_path) -> None:
     assert (cfg.model, cfg.classes, cfg.epochs) == ("seed_cnn2", ("covid", "normal"), 4)
 
 
-def test_balanced_sampler_equalises_labels_and_sources_within_a_label() -> None:
+def test_balanced_sampler_equalises_labels_and_sqrt_weights_sources_within_a_label() -> None:
     labels = np.array([0] * 90 + [0] * 10 + [1] * 20)
     sources = np.array(["a"] * 90 + ["b"] * 10 + ["a"] * 20)
     p = balanced_weights(labels, sources)
-    assert p[:90].sum() == pytest.approx(0.25) and p[90:100].sum() == pytest.approx(0.25)
+    # sqrt(90) : sqrt(10) = 3 : 1 of label 0's half
+    assert p[:90].sum() == pytest.approx(0.375) and p[90:100].sum() == pytest.approx(0.125)
     assert p[100:].sum() == pytest.approx(0.5)
     assert expected_label_frequency(labels, 2, p) == pytest.approx([0.5, 0.5])
     order = epoch_order(len(labels), seed=1, epoch=0, weights=p)
     assert len(order) == 120 and np.array_equal(order, epoch_order(120, seed=1, epoch=0, weights=p))
     assert not np.array_equal(order, epoch_order(120, seed=1, epoch=1, weights=p))
+
+
+def test_epoch_samples_sets_the_epoch_length() -> None:
+    assert len(epoch_order(50, seed=0, epoch=0, size=20)) == 20
+    longer = epoch_order(10, seed=0, epoch=0, size=25)  # without weights: whole permutations, then a part
+    assert len(longer) == 25 and set(longer[:10]) == set(range(10))
+    p = np.full(10, 0.1)
+    assert len(epoch_order(10, seed=0, epoch=0, weights=p, size=7)) == 7
 
 
 def test_shards_cover_the_epoch_with_equal_counts() -> None:

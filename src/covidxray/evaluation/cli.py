@@ -40,7 +40,7 @@ def read_manifest_or_fail(path: str | Path):
 
     p = Path(path)
     if not p.is_file():
-        raise CLIError(f"{p}: manifest not found; build one with 'covidxray manifest'", EXIT_INPUT)
+        raise CLIError(f"{p}: manifest not found; build one with 'covidxray data build'", EXIT_INPUT)
     try:
         return read_manifest(p)
     except (OSError, ValueError, KeyError) as exc:
@@ -313,7 +313,7 @@ def _register_evaluate(subparsers) -> None:
         ),
     )
     p.add_argument("--model", required=True, help="a run folder (with model/) or a bundle folder")
-    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray manifest)")
+    p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray data build)")
     p.add_argument(
         "--split",
         default="test",

@@ -294,7 +294,7 @@ def run_guard(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), EXIT_MODEL) from exc
     if not args.manifest.is_file():
         raise CLIError(
-            f"{args.manifest}: manifest not found; build one with 'covidxray manifest'", EXIT_INPUT
+            f"{args.manifest}: manifest not found; build one with 'covidxray data build'", EXIT_INPUT
         )
     from covidxray.data.cache import load_cache
     from covidxray.data.manifest import read_manifest

@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a("--holdout-source", help="leave this source out of train and val (for a cross-source test)")
     a("--cache-dir")
     a("--max-minutes", type=float, help="stop after the epoch that exceeds this training time")
+    a("--epoch-samples", type=int, help="images drawn per epoch (default: the train split's size)")
     a("--checkpoint-every", type=int, help="steps between mid-epoch checkpoints (default 50; 0: epoch ends)")
     a(
         "--threads",
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 raise CLIError(f"config file {args.config} not found", EXIT_INPUT)
             cfg = build_config(args)
             if not cfg.manifest:
-                raise CLIError("--manifest is required (a CSV from 'covidxray data manifest')", EXIT_USAGE)
+                raise CLIError("--manifest is required (a CSV from 'covidxray data build')", EXIT_USAGE)
             out = train(cfg)
     except ConfigError as exc:
         raise CLIError(str(exc), EXIT_USAGE) from exc

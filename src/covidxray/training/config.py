@@ -100,6 +100,7 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 50  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     threads: int | None = None  # torch threads; None: OMP_NUM_THREADS if set, else 2
+    epoch_samples: int = 0  # images drawn per epoch (0: as many as the train split has); for slow models on CPU
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -126,6 +127,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.epoch_samples < 0:
+            raise ConfigError(f"epoch_samples must not be negative, got {self.epoch_samples}")
         if self.workers < 0 or self.patience < 0 or self.checkpoint_every < 0 or (self.threads or 0) < 0:
             raise ConfigError("workers, patience, checkpoint_every and threads must not be negative")
         if self.channels not in (1, 3):
