@@ -45,14 +45,21 @@ def test_round_trip_and_cache_key():
     p = Preprocessing(image_size=128, channels=3, intensity="percentile", percentiles=(2, 98))
     q = Preprocessing.from_dict(p.to_dict())
     assert p == q
-    assert Preprocessing(image_size=128, channels=1).cache_key() == Preprocessing(image_size=128, channels=3).cache_key()
+    assert (
+        Preprocessing(image_size=128, channels=1).cache_key()
+        == Preprocessing(image_size=128, channels=3).cache_key()
+    )
     assert Preprocessing(image_size=128).cache_key() != Preprocessing(image_size=224).cache_key()
 
 
 @pytest.mark.parametrize(
     "kw, msg",
-    [({"resize": "stretch"}, "resize"), ({"intensity": "clahe"}, "intensity"), ({"image_size": 8}, "image_size"),
-     ({"channels": 2}, "channels")],
+    [
+        ({"resize": "stretch"}, "resize"),
+        ({"intensity": "clahe"}, "intensity"),
+        ({"image_size": 8}, "image_size"),
+        ({"channels": 2}, "channels"),
+    ],
 )
 def test_bad_values_named(kw, msg):
     with pytest.raises(ValueError, match=msg):

@@ -74,15 +74,20 @@ class BundleConfig:
             "preprocessing": self.preprocessing.to_dict(),
             "network_data_format": {
                 "input": {
-                    "shape": [-1, self.preprocessing.channels, self.preprocessing.image_size,
-                              self.preprocessing.image_size],
+                    "shape": [
+                        -1,
+                        self.preprocessing.channels,
+                        self.preprocessing.image_size,
+                        self.preprocessing.image_size,
+                    ],
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "description": "grayscale chest X-ray after covidxray.preprocess.Preprocessing (see 'preprocessing')",
                 },
                 "output": {
                     "shape": [-1, self.num_outputs],
-                    "type": "logits" + (" (one sigmoid output for the last class)" if self.num_outputs == 1 else ""),
+                    "type": "logits"
+                    + (" (one sigmoid output for the last class)" if self.num_outputs == 1 else ""),
                     "classes": list(self.classes),
                 },
             },
@@ -102,7 +107,9 @@ class BundleConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config.json") -> BundleConfig:
         if d.get("format") != FORMAT:
-            raise BundleError(f"{source}: not a covidxray bundle (format={d.get('format')!r}, expected {FORMAT!r})")
+            raise BundleError(
+                f"{source}: not a covidxray bundle (format={d.get('format')!r}, expected {FORMAT!r})"
+            )
         version = d.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
             raise BundleError(
@@ -112,8 +119,20 @@ class BundleConfig:
             )
         arch = d["architecture"]
         known = {
-            "format", "format_version", "architecture", "classes", "preprocessing", "network_data_format",
-            "training", "data", "metrics", "operating_point", "guard", "versions", "created", "intended_use",
+            "format",
+            "format_version",
+            "architecture",
+            "classes",
+            "preprocessing",
+            "network_data_format",
+            "training",
+            "data",
+            "metrics",
+            "operating_point",
+            "guard",
+            "versions",
+            "created",
+            "intended_use",
             "not_for_clinical_use",
         }
         return cls(

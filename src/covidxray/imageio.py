@@ -59,7 +59,9 @@ def _check_size(path, arr: np.ndarray, min_side: int) -> None:
     h, w = arr.shape[:2]
     if min(h, w) < min_side:
         raise ImageLoadError(
-            path, "too_small", f"image is {w}x{h} px, smaller than {min_side} px on a side",
+            path,
+            "too_small",
+            f"image is {w}x{h} px, smaller than {min_side} px on a side",
             "a chest X-ray needs at least a few hundred pixels; use the original file, not a thumbnail",
         )
 
@@ -77,14 +79,18 @@ def _decode_dicom(data: bytes, path) -> LoadedImage:
         raw = ds.pixel_array
     except Exception as exc:  # pydicom raises many types: missing pixel data, unknown transfer syntax, ...
         raise ImageLoadError(
-            path, "unsupported_dicom", f"DICOM pixel data cannot be decoded: {exc}",
+            path,
+            "unsupported_dicom",
+            f"DICOM pixel data cannot be decoded: {exc}",
             "convert it to an uncompressed DICOM or a 16-bit PNG (e.g. with dcmdjpeg or gdcmconv)",
         ) from exc
     if raw.ndim == 3 and raw.shape[-1] in (3, 4):
         raw = raw[..., :3].mean(axis=-1)
     elif raw.ndim != 2:
         raise ImageLoadError(
-            path, "unsupported_dicom", f"DICOM holds an array of shape {raw.shape}, not one 2-D image",
+            path,
+            "unsupported_dicom",
+            f"DICOM holds an array of shape {raw.shape}, not one 2-D image",
             "export a single frame as a 2-D image",
         )
     arr = apply_modality_lut(raw, ds).astype(np.float64)
@@ -93,7 +99,9 @@ def _decode_dicom(data: bytes, path) -> LoadedImage:
     lo, hi = float(arr.min()), float(arr.max())
     arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    if photometric == "MONOCHROME1":  # 0 = white in MONOCHROME1: invert so air is dark as in every other format
+    if (
+        photometric == "MONOCHROME1"
+    ):  # 0 = white in MONOCHROME1: invert so air is dark as in every other format
         arr = 1.0 - arr
     bits = int(getattr(ds, "BitsStored", 16) or 16)
     return LoadedImage(arr.astype(np.float32), "dicom", bits, photometric)
@@ -130,12 +138,16 @@ def _decode_raster(data: bytes, path) -> LoadedImage:
                 bits = 8
     except UnidentifiedImageError as exc:
         raise ImageLoadError(
-            path, "not_an_image", "not a readable PNG, JPEG or DICOM image",
+            path,
+            "not_an_image",
+            "not a readable PNG, JPEG or DICOM image",
             "check the file is an image and not e.g. an HTML page or text saved with an image extension",
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(
-            path, "truncated", f"image data is truncated or corrupt: {exc}",
+            path,
+            "truncated",
+            f"image data is truncated or corrupt: {exc}",
             "re-download or re-export the file",
         ) from exc
     return LoadedImage(arr.astype(np.float32), "jpeg" if fmt == "mpo" else fmt, bits, mode, colorfulness)

@@ -47,8 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_RECIPE["model"], help="architecture of the model to train")
     p.add_argument("--epochs", type=int, default=DEFAULT_RECIPE["epochs"])
     p.add_argument("--image-size", type=int, default=DEFAULT_RECIPE["image_size"])
-    p.add_argument("--max-minutes", type=float, default=DEFAULT_RECIPE["max_minutes"],
-                   help="training time budget (stops after the epoch that exceeds it)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=DEFAULT_RECIPE["max_minutes"],
+        help="training time budget (stops after the epoch that exceeds it)",
+    )
     p.add_argument("--seed", type=int, default=DEFAULT_RECIPE["seed"])
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--force", action="store_true", help="rerun every step even when up to date")
@@ -95,8 +99,9 @@ class Steps:
         fn()
         seconds = time.perf_counter() - t0
         self.stamp_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"key": key, "inputs": inputs, "seconds": round(seconds, 1)}, indent=2,
-                                    default=str))
+        stamp.write_text(
+            json.dumps({"key": key, "inputs": inputs, "seconds": round(seconds, 1)}, indent=2, default=str)
+        )
         print(f"[{name}] done in {seconds:.0f} s: {output}", flush=True)
         return True
 
@@ -107,8 +112,9 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     root = Path(args.root)
     if not root.is_dir():
-        raise CLIError(f"data root {root} is not a folder: pass --root PATH to the chest X-ray collections",
-                       EXIT_INPUT)
+        raise CLIError(
+            f"data root {root} is not a folder: pass --root PATH to the chest X-ray collections", EXIT_INPUT
+        )
     out = Path(args.out)
     steps = Steps(out / "stamps", force=args.force)
     manifest = out / "data" / "manifest.csv"
@@ -122,19 +128,30 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
         build_manifest(root, out=manifest, seed=args.seed, workers=args.workers)
 
-    steps.run("manifest", {"root": str(root.resolve()), "files": root_fingerprint(root), "seed": args.seed},
-              manifest, build)
+    steps.run(
+        "manifest",
+        {"root": str(root.resolve()), "files": root_fingerprint(root), "seed": args.seed},
+        manifest,
+        build,
+    )
     manifest_sha1 = file_sha1(manifest)
 
-    recipe = dict(DEFAULT_RECIPE, model=args.model, epochs=args.epochs, image_size=args.image_size,
-                  max_minutes=args.max_minutes, seed=args.seed)
+    recipe = dict(
+        DEFAULT_RECIPE,
+        model=args.model,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+    )
 
     def train() -> None:
         from covidxray.training.config import TrainConfig
         from covidxray.training.trainer import train as train_model
 
-        cfg = TrainConfig(manifest=str(manifest), out=str(run_dir), cache_dir=str(cache_dir),
-                          workers=args.workers, **recipe)
+        cfg = TrainConfig(
+            manifest=str(manifest), out=str(run_dir), cache_dir=str(cache_dir), workers=args.workers, **recipe
+        )
         train_model(cfg)
 
     steps.run("train", {"manifest": manifest_sha1, "recipe": recipe}, bundle_dir / "model.safetensors", train)
@@ -143,10 +160,20 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     def guard() -> None:
         from covidxray.prediction.cli import run_guard
 
-        run_guard(argparse.Namespace(model=str(bundle_dir), manifest=manifest, split="train",
-                                     cache_dir=cache_dir, quantile=0.99, max_images=3000))
+        run_guard(
+            argparse.Namespace(
+                model=str(bundle_dir),
+                manifest=manifest,
+                split="train",
+                cache_dir=cache_dir,
+                quantile=0.99,
+                max_images=3000,
+            )
+        )
 
-    steps.run("guard", {"manifest": manifest_sha1, "weights": weights_sha1}, bundle_dir / "config.json", guard)
+    steps.run(
+        "guard", {"manifest": manifest_sha1, "weights": weights_sha1}, bundle_dir / "config.json", guard
+    )
 
     def evaluate() -> None:
         from covidxray.data.manifest import read_manifest
@@ -154,8 +181,9 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
         evaluate_model(bundle_dir, read_manifest(manifest), eval_dir, cache_dir, manifest_path=manifest)
 
-    steps.run("evaluate", {"manifest": manifest_sha1, "weights": weights_sha1}, eval_dir / "metrics.json",
-              evaluate)
+    steps.run(
+        "evaluate", {"manifest": manifest_sha1, "weights": weights_sha1}, eval_dir / "metrics.json", evaluate
+    )
 
     def export() -> None:
         from covidxray.prediction.export import export_onnx
@@ -163,8 +191,12 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         export_onnx(bundle_dir, bundle_dir / "model.onnx")
 
     # after evaluation, so the ONNX metadata carries the operating point chosen on val
-    steps.run("export", {"config": file_sha1(bundle_dir / "config.json"), "weights": weights_sha1},
-              bundle_dir / "model.onnx", export)
+    steps.run(
+        "export",
+        {"config": file_sha1(bundle_dir / "config.json"), "weights": weights_sha1},
+        bundle_dir / "model.onnx",
+        export,
+    )
     return json.loads((eval_dir / "metrics.json").read_text())
 
 

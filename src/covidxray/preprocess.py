@@ -62,7 +62,11 @@ class Preprocessing:
 
     def cache_key(self) -> dict:
         """The fields that change the cached uint8 image (mean/std/channels do not)."""
-        return {k: v for k, v in self.to_dict().items() if k in ("image_size", "resize", "intensity", "percentiles")}
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k in ("image_size", "resize", "intensity", "percentiles")
+        }
 
     # -- step 1: geometry + intensity -> uint8 -------------------------------------------------------------
     def canonical(self, pixels: np.ndarray) -> np.ndarray:

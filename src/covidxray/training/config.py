@@ -100,7 +100,9 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every: int = 50  # optimizer steps between mid-epoch checkpoints (0: at epoch ends only)
     threads: int | None = None  # torch threads; None: OMP_NUM_THREADS if set, else 2
-    epoch_samples: int = 0  # images drawn per epoch (0: as many as the train split has); for slow models on CPU
+    epoch_samples: int = (
+        0  # images drawn per epoch (0: as many as the train split has); for slow models on CPU
+    )
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)

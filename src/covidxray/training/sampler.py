@@ -26,7 +26,7 @@ def balanced_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
         in_label = labels == lab
         srcs, counts = np.unique(sources[in_label], return_counts=True)
         shares = np.sqrt(counts) / np.sqrt(counts).sum()
-        for src, share, count in zip(srcs, shares, counts):
+        for src, share, count in zip(srcs, shares, counts, strict=True):
             weights[in_label & (sources == src)] = share / (len(uniq) * count)
     return weights / weights.sum()
 

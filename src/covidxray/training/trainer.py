@@ -237,7 +237,9 @@ class _Run:
         cfg, ctx, split = self.cfg, self.ctx, self.train_split
         self.epoch_start = time.perf_counter()
         order = shard(
-            epoch_order(len(split), cfg.seed, self.epoch, self.sample_p, cfg.epoch_samples), ctx.rank, ctx.world
+            epoch_order(len(split), cfg.seed, self.epoch, self.sample_p, cfg.epoch_samples),
+            ctx.rank,
+            ctx.world,
         )
         n_batches = _num_batches(len(order), cfg.batch_size)
         bar = None
