@@ -13,7 +13,7 @@ OUT=${OUT:-runs/compare}
 MODELS=${*:-seed_cnn6 seed_cnn422k seed_cnn2 resnet18 densenet121 efficientnet_b0 mobilenet_v2}
 export OMP_NUM_THREADS=1
 for m in $MODELS; do
-  if [ ! -f "$OUT/$m/run.json" ] || ! grep -q '"status": "completed"' "$OUT/$m/run.json"; then
+  if [ ! -f "$OUT/$m/model/config.json" ] || grep -q '"status": "running"' "$OUT/$m/run.json"; then
     $BIN/covidxray train --manifest "$MANIFEST" --model "$m" --out "$OUT/$m" --image-size 96 --epochs 40 \
       --epoch-samples 2048 --max-minutes 10 --patience 6 --threads 1 --no-progress
   fi

@@ -21,18 +21,19 @@ from covidxray import NOT_FOR_CLINICAL_USE
 # The recipe of the default model: what `covidxray run` trains and what src/covidxray/default_model was made with.
 DEFAULT_RECIPE: dict[str, Any] = {
     "model": "seed_cnn6",
-    "epochs": 20,
-    "image_size": 128,
+    "epochs": 40,
+    "image_size": 96,
     "batch_size": 32,
     "lr": 1e-3,
     "optimizer": "adam",
     "loss": "ce",
     "augment": "light",
     "sampler": "balanced",
-    "class_weights": "none",
+    "class_weights": "auto",
     "seed": 0,
-    "patience": 5,
-    "max_minutes": 18.0,
+    "patience": 6,
+    "epoch_samples": 2048,
+    "max_minutes": 10.0,
 }
 
 

@@ -127,7 +127,9 @@ TRAIN_FLAGS = (  # (flag, TrainConfig field, type, help)
     ("--patience", "patience", int, "early-stopping patience (epochs)"),
     ("--max-minutes", "max_minutes", float, "training time limit per fold"),
     ("--weights", "weights", str, "local state dict to start from"),
-    ("--workers", "workers", int, "data loader workers"),
+    ("--workers", "workers", int, "processes building the image cache"),
+    ("--epoch-samples", "epoch_samples", int, "images drawn per training epoch"),
+    ("--threads", "threads", int, "torch threads for training"),
 )
 
 

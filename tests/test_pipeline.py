@@ -1,0 +1,74 @@
+"""`covidxray run`: the whole main job on a tiny made-up collection, then again with every step up to date."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.cli import main
+from covidxray.pipeline import Steps, root_fingerprint
+from tests.conftest import xray_like
+
+
+def _tree(root: Path, per_class: int = 14) -> Path:
+    """A folder-per-class collection whose classes differ in brightness, so a model can learn something."""
+    for k, cls in enumerate(("covid", "normal", "pneumonia")):
+        (root / "tiny" / cls).mkdir(parents=True)
+        for i in range(per_class):
+            img = xray_like(72, seed=100 * k + i).astype(np.float32) * (0.6 + 0.2 * k)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "tiny" / cls / f"{cls}_{i}.png")
+    return root
+
+
+def test_steps_skip_when_inputs_are_unchanged(tmp_path: Path) -> None:
+    out, calls = tmp_path / "out.txt", []
+
+    def step() -> None:
+        calls.append(1)
+        out.write_text("x")
+
+    steps = Steps(tmp_path / "stamps")
+    assert steps.run("s", {"a": 1}, out, step) and not steps.run("s", {"a": 1}, out, step)
+    assert steps.run("s", {"a": 2}, out, step)  # changed input
+    out.unlink()
+    assert steps.run("s", {"a": 2}, out, step)  # missing output
+    assert Steps(tmp_path / "stamps", force=True).run("s", {"a": 2}, out, step)
+    assert len(calls) == 4
+
+
+def test_root_fingerprint_changes_with_any_file(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"1")
+    before = root_fingerprint(tmp_path)
+    assert root_fingerprint(tmp_path) == before
+    (tmp_path / "a" / "y.png").write_bytes(b"2")
+    assert root_fingerprint(tmp_path) != before
+
+
+def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, out = _tree(tmp_path / "data"), tmp_path / "runs"
+    args = ["run", "--root", str(root), "--out", str(out), "--model", "seed_cnn2", "--image-size", "64",
+            "--epochs", "1", "--workers", "1"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "macro AUC" in text and NOT_FOR_CLINICAL_USE in text
+    metrics = json.loads((out / "default" / "eval" / "metrics.json").read_text())
+    assert metrics["data"]["split"] == "test" and metrics["overall"]["n_images"] > 0
+    config = json.loads((out / "default" / "model" / "config.json").read_text())
+    assert config["guard"] and (out / "default" / "model" / "model.onnx").is_file()
+    assert (out / "default" / "eval" / "report.html").is_file()
+
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    for step in ("manifest", "train", "guard", "evaluate", "export"):
+        assert f"[{step}] up to date" in again
+
+
+def test_run_reports_a_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "runs")]) == 3
+    assert "is not a folder" in capsys.readouterr().err

@@ -1,0 +1,215 @@
+"""Ship a trained run as covidxray's default model and write MODEL_CARD.md from its measured results.
+
+    .venv/bin/python tools/ship_default_model.py RUN --manifest runs/data/manifest.csv \
+        [--crossval runs/crossval/seed_cnn6/crossval.json] [--comparison runs/compare/report/comparison.md]
+
+Steps: fit the input guard on the training split if the bundle has none (``covidxray guard``), export ONNX with
+the operating point and guard in its metadata (``covidxray export``), copy ``model.safetensors``,
+``config.json`` and ``model.onnx`` into ``src/covidxray/default_model/``, and write ``MODEL_CARD.md``: every
+figure in it is read from ``RUN/eval/metrics.json`` (``covidxray evaluate``) and the cross-validation JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DIR = REPO / "src" / "covidxray" / "default_model"
+FILES = ("model.safetensors", "config.json", "model.onnx")
+
+
+def ci(m: dict[str, Any] | None) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    lo, hi = m.get("ci") or (None, None)
+    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{m['value']:.3f}"
+
+
+def metrics_rows(name: str, g: dict[str, Any], classes: list[str]) -> str:
+    cells = [name, str(g["n_images"]), ci(g["accuracy"]), ci(g["macro"]["roc_auc"])]
+    cells += [ci(g["per_class"].get(c, {}).get("roc_auc")) for c in classes]
+    return "| " + " | ".join(cells) + " |"
+
+
+def model_card(
+    run: Path,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    crossval: dict[str, Any] | None,
+    credits: str,
+    onnx_facts: dict[str, Any],
+) -> str:
+    from covidxray import NOT_FOR_CLINICAL_USE
+
+    classes = config["classes"]
+    training = config.get("training", {})
+    data = config.get("data", {})
+    op = metrics.get("operating_point", {})
+    probe = metrics.get("probe", {})
+    head = (
+        "| data | images | accuracy | macro ROC AUC | " + " | ".join(f"{c} ROC AUC" for c in classes) + " |"
+    )
+    sep = "|" + "---|" * (4 + len(classes))
+    rows = [metrics_rows("test, all sources", metrics["overall"], classes)]
+    rows += [metrics_rows(f"test, {s}", g, classes) for s, g in metrics["per_source"].items()]
+    pre = config["preprocessing"]
+    lines = [
+        "# Model card: covidxray default model",
+        "",
+        f"> **{NOT_FOR_CLINICAL_USE}** It must not be used for screening, triage or diagnosis of any person.",
+        "",
+        "Every figure below is written by `tools/ship_default_model.py` from the files of the run it ships "
+        f"(`{run}`): `eval/metrics.json` (`covidxray evaluate`) and the leave-one-source-out JSON "
+        "(`covidxray crossval`). 95% intervals: bootstrap over patients.",
+        "",
+        "## Model",
+        "",
+        f"- Architecture: `{config['architecture']['name']}` {config['architecture'].get('kwargs', {})}, "
+        f"{metrics['model']['parameters']:,} parameters; classes {classes} (softmax).",
+        f"- Input: {pre['channels']}-channel {pre['image_size']}x{pre['image_size']} grey image, resize "
+        f"`{pre['resize']}`, intensity `{pre['intensity']}` (the preprocessing is stored in `config.json` and in the "
+        "ONNX metadata; `covidxray.preprocess.Preprocessing` applies it).",
+        f"- Training: {training.get('epochs_run', '?')} epochs of {training.get('epoch_samples') or 'all'} images "
+        f"({training.get('train_seconds', 0) / 60:.1f} min on 2 CPU cores), optimizer {training.get('optimizer')}, "
+        f"lr {training.get('lr')}, augmentation `{training.get('augment')}`, sampler `{training.get('sampler')}` "
+        f"(every label equally likely; within a label sources weighted by the square root of their size), best "
+        f"epoch {training.get('best_epoch')} by validation macro ROC AUC. Recipe: `covidxray run` "
+        "(`covidxray.pipeline.DEFAULT_RECIPE`).",
+        f"- Files: `src/covidxray/default_model/` = `model.safetensors` + `config.json` (covidxray bundle format "
+        f"{config.get('format_version')}) + `model.onnx` (opset {onnx_facts.get('opset', '?')}, ONNX Runtime "
+        f"agrees with PyTorch to {onnx_facts.get('max_abs_diff', float('nan')):.1e} in probability).",
+        "",
+        "## Data",
+        "",
+        f"Manifest sha1 `{data.get('manifest_sha1', '?')}`, built by `covidxray data build --root ../shared/data`: "
+        "patient-level 70/15/15 split stratified by label and source; exact and near duplicates grouped and never "
+        "split. Images per split, source and label used for training:",
+        "",
+        "```",
+        json.dumps(data.get("counts", {}), indent=1)[:3000],
+        "```",
+        "",
+        "### Sources and licences",
+        "",
+        "```",
+        credits.strip(),
+        "```",
+        "",
+        "## Results on the held-out test split",
+        "",
+        head,
+        sep,
+        *rows,
+        "",
+        f"Calibration: expected calibration error {ci(metrics['overall']['ece'])} (all sources).",
+        "",
+    ]
+    if "threshold" in op:
+        lines += [
+            f"Operating point (stored in the bundle and used by `covidxray predict` and the web app): predict "
+            f"`{op['class']}` when p({op['class']}) >= {op['threshold']:.4f}, the threshold reaching sensitivity "
+            f"{op['target_sensitivity']:.2f} on the validation split. On test: sensitivity "
+            f"{ci(op['test']['sensitivity'])}, specificity {ci(op['test']['specificity'])}.",
+            "",
+        ]
+    if probe.get("balanced_accuracy") is not None:
+        lines += [
+            f"Shortcut probe: a linear classifier on the model's penultimate features tells the source collection "
+            f"with balanced accuracy {probe['balanced_accuracy']:.3f} (chance {probe['chance']:.3f}; the diagnosis "
+            f"alone gives {probe['label_only_baseline']:.3f}). The features carry where an image came from.",
+            "",
+        ]
+    if metrics.get("warnings"):
+        lines += ["Warnings from the evaluation:", ""] + [f"- {w}" for w in metrics["warnings"]] + [""]
+    if crossval:
+        lines += [
+            "## Across sources (leave-one-source-out)",
+            "",
+            f"Architecture `{crossval.get('model')}` trained with the same recipe on all but one source, "
+            "then tested on the in-source test split and on every image of the held-out source "
+            f"(`{crossval.get('command', 'covidxray crossval')}`).",
+            "",
+            "| held-out source | out-of-source images | macro AUC in-source | macro AUC out-of-source | "
+            "covid AUC in-source | covid AUC out-of-source |",
+            "|---|---|---|---|---|---|",
+        ]
+        for f in crossval.get("folds", []):
+            macro, covid = f["macro_roc_auc"], f["roc_auc"].get("covid", {})
+            lines.append(
+                f"| {f['held_out_source']} | {f['n_images_out']} | {ci(macro['in_source'])} | "
+                f"{ci(macro['out_of_source'])} | {ci(covid.get('in_source'))} | "
+                f"{ci(covid.get('out_of_source'))} |"
+            )
+        notes = [n for f in crossval.get("folds", []) for n in f.get("notes", [])]
+        lines += [""] + [f"- {n}" for n in notes]
+        lines.append("")
+    lines += [
+        "## Intended use",
+        "",
+        config.get("intended_use", ""),
+        "",
+        "## Limitations",
+        "",
+        "- COVID-19 images come from two collections (covid-chestxray-dataset: publication figures, often with "
+        "arrows and text; COVID-19 Radiography Database) and most pneumonia images from one pediatric hospital "
+        "(Kermany, children aged 1-5). Labels are therefore confounded with source, age and file format; the "
+        "shortcut probe and the leave-one-source-out table above measure how much the model relies on that. "
+        "Expect lower performance on X-rays from other hospitals than on this test split.",
+        "- Labels are the collections' own (image-level, partly from publications), not a reference standard; "
+        "'pneumonia' mixes bacterial and viral pediatric pneumonia with adult lung opacity.",
+        "- Trained from scratch on about 7,000 images at low resolution on a CPU; no ImageNet or chest X-ray "
+        "pretraining was used.",
+        "- The input guard flags colour photographs, documents, tiny images and images far from the training "
+        "distribution in feature space, but cannot guarantee that an image is a frontal chest X-ray.",
+        "- Grad-CAM heatmaps show where the network's evidence is, not where disease is; they often highlight "
+        "text, markers or borders, which is itself a sign of shortcut learning.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="run folder with model/ and eval/metrics.json")
+    ap.add_argument("--manifest", type=Path, default=REPO / "runs/data/manifest.csv")
+    ap.add_argument("--crossval", type=Path, help="crossval.json of covidxray crossval")
+    ap.add_argument("--cache-dir", type=Path, default=REPO / "runs/cache")
+    args = ap.parse_args()
+
+    from covidxray.bundle import read_config
+    from covidxray.data.credits import format_credits
+    from covidxray.data.manifest import read_manifest
+    from covidxray.prediction.cli import run_guard
+    from covidxray.prediction.export import export_onnx
+
+    bundle = args.run / "model"
+    metrics = json.loads((args.run / "eval" / "metrics.json").read_text())
+    if not read_config(bundle).guard:
+        run_guard(
+            argparse.Namespace(
+                model=str(bundle),
+                manifest=args.manifest,
+                split="train",
+                cache_dir=args.cache_dir,
+                quantile=0.99,
+                max_images=3000,
+            )
+        )
+    facts = export_onnx(bundle, bundle / "model.onnx")
+    DEFAULT_DIR.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        shutil.copy2(bundle / name, DEFAULT_DIR / name)
+    config = json.loads((bundle / "config.json").read_text())
+    crossval = json.loads(args.crossval.read_text()) if args.crossval else None
+    credits = format_credits(read_manifest(args.manifest))
+    (REPO / "MODEL_CARD.md").write_text(model_card(args.run, metrics, config, crossval, credits, facts))
+    size = sum((DEFAULT_DIR / n).stat().st_size for n in FILES)
+    print(f"shipped {bundle} -> {DEFAULT_DIR} ({size / 1e6:.1f} MB); wrote {REPO / 'MODEL_CARD.md'}")
+
+
+if __name__ == "__main__":
+    main()
