@@ -21,7 +21,9 @@ def _tree(root: Path, per_class: int = 14) -> Path:
         (root / "tiny" / cls).mkdir(parents=True)
         for i in range(per_class):
             img = xray_like(72, seed=100 * k + i).astype(np.float32) * (0.6 + 0.2 * k)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "tiny" / cls / f"{cls}_{i}.png")
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                root / "tiny" / cls / f"{cls}_{i}.png"
+            )
     return root
 
 
@@ -52,8 +54,21 @@ def test_root_fingerprint_changes_with_any_file(tmp_path: Path) -> None:
 
 def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root, out = _tree(tmp_path / "data"), tmp_path / "runs"
-    args = ["run", "--root", str(root), "--out", str(out), "--model", "seed_cnn2", "--image-size", "64",
-            "--epochs", "1", "--workers", "1"]
+    args = [
+        "run",
+        "--root",
+        str(root),
+        "--out",
+        str(out),
+        "--model",
+        "seed_cnn2",
+        "--image-size",
+        "64",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "macro AUC" in text and NOT_FOR_CLINICAL_USE in text

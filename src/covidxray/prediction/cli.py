@@ -139,8 +139,12 @@ def _report_lines(pred, predictor) -> list[str]:
         op = predictor.operating_point
         note = ""
         if pred.covid_threshold is not None and op:
-            extra = [f"{k} {op[k]}" for k in ("target_sensitivity", "chosen_on") if op.get(k) is not None]
-            note = " (the model's operating point" + (": " + ", ".join(extra) if extra else "") + ")"
+            chosen = op.get("chosen_on")
+            where = chosen.get("split") if isinstance(chosen, dict) else chosen
+            note = " (the model's operating point"
+            if op.get("target_sensitivity") is not None:
+                note += f": sensitivity {float(op['target_sensitivity']):.2f} on the {where or 'validation'} split"
+            note += ")"
         lines.append(f"decision: {predictor.decision_rule()}{note}")
     else:
         lines.append("label: none")
