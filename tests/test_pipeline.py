@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest import xray_like
 
 from covidxray import NOT_FOR_CLINICAL_USE
 from covidxray.cli import main
 from covidxray.pipeline import Steps, root_fingerprint
-from tests.conftest import xray_like
 
 
 def _tree(root: Path, per_class: int = 14) -> Path:
