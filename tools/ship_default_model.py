@@ -74,7 +74,8 @@ def model_card(
         f"`{pre['resize']}`, intensity `{pre['intensity']}` (the preprocessing is stored in `config.json` and in the "
         "ONNX metadata; `covidxray.preprocess.Preprocessing` applies it).",
         f"- Training: {training.get('epochs_run', '?')} epochs of {training.get('epoch_samples') or 'all'} images "
-        f"({training.get('train_seconds', 0) / 60:.1f} min on 2 CPU cores), optimizer {training.get('optimizer')}, "
+        f"({training.get('train_seconds', 0) / 60:.1f} min on a 2-core CPU, {training.get('threads') or 2} torch "
+        "thread(s)), optimizer {training.get('optimizer')}, "
         f"lr {training.get('lr')}, augmentation `{training.get('augment')}`, sampler `{training.get('sampler')}` "
         f"(every label equally likely; within a label sources weighted by the square root of their size), best "
         f"epoch {training.get('best_epoch')} by validation macro ROC AUC. Recipe: `covidxray run` "
