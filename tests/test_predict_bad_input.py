@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import csv
 from pathlib import Path
 
@@ -169,14 +171,23 @@ def test_bad_model_paths_exit_5(tmp_path, xray_png, capsys):
     assert "ONNX Runtime cannot load this file" in capsys.readouterr().err
 
 
-def test_missing_default_model_says_how_to_get_one(xray_png, capsys):
-    from covidxray.prediction.predictor import DEFAULT_MODEL_DIR
+def test_missing_default_model_says_how_to_get_one(xray_png, capsys, monkeypatch, tmp_path):
+    import covidxray.prediction.predictor as predictor
 
-    if (DEFAULT_MODEL_DIR / "config.json").exists():
-        pytest.skip("a default model is installed")
+    monkeypatch.setattr(predictor, "DEFAULT_MODEL_DIR", tmp_path / "no_default_model")
     assert main(["predict", "--image", str(xray_png)]) == EXIT_MODEL
     err = capsys.readouterr().err
     assert "no default model is installed" in err and "covidxray run" in err
+
+
+def test_default_model_predicts_a_real_xray(data_root, capsys):
+    image = data_root / "COVID-19_Radiography_Dataset" / "COVID" / "COVID-1003.png"
+    assert main(["predict", "--image", str(image), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (
+        out["label"] in ("covid", "normal", "pneumonia")
+        and abs(sum(out["probabilities"].values()) - 1) < 1e-4
+    )
 
 
 def test_usage_errors_exit_2(xray_png, tiny_bundle, capsys):

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "balanced sampling.",
     )
     a = p.add_argument
-    a("--manifest", help="manifest CSV (covidxray data manifest)")
+    a("--manifest", help="manifest CSV (covidxray data build)")
     a("--model", help="registered model name (default seed_cnn6)")
     a("--out", help="run directory (default runs/MODEL)")
     a("--config", type=Path, help="YAML or JSON file of training options; flags override it")
