@@ -17,6 +17,6 @@ for m in $MODELS; do
     $BIN/covidxray train --manifest "$MANIFEST" --model "$m" --out "$OUT/$m" --image-size 96 --epochs 40 \
       --epoch-samples 2048 --max-minutes 10 --patience 6 --threads 1 --no-progress
   fi
-  [ -f "$OUT/$m/eval/metrics.json" ] || $BIN/covidxray evaluate --model "$OUT/$m" --manifest "$MANIFEST" \
-      --split test --out "$OUT/$m/eval"
+  [ -f "$OUT/$m/evaluation/metrics.json" ] || $BIN/covidxray evaluate --model "$OUT/$m" --manifest "$MANIFEST" \
+      --split test --out "$OUT/$m/evaluation"
 done

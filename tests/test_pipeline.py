@@ -72,11 +72,11 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "macro AUC" in text and NOT_FOR_CLINICAL_USE in text
-    metrics = json.loads((out / "default" / "eval" / "metrics.json").read_text())
+    metrics = json.loads((out / "default" / "evaluation" / "metrics.json").read_text())
     assert metrics["data"]["split"] == "test" and metrics["overall"]["n_images"] > 0
     config = json.loads((out / "default" / "model" / "config.json").read_text())
     assert config["guard"] and (out / "default" / "model" / "model.onnx").is_file()
-    assert (out / "default" / "eval" / "report.html").is_file()
+    assert (out / "default" / "evaluation" / "report.html").is_file()
 
     assert main(args) == 0
     again = capsys.readouterr().out

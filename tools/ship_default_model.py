@@ -6,7 +6,7 @@
 Steps: fit the input guard on the training split if the bundle has none (``covidxray guard``), export ONNX with
 the operating point and guard in its metadata (``covidxray export``), copy ``model.safetensors``,
 ``config.json`` and ``model.onnx`` into ``src/covidxray/default_model/``, and write ``MODEL_CARD.md``: every
-figure in it is read from ``RUN/eval/metrics.json`` (``covidxray evaluate``) and the cross-validation JSON.
+figure in it is read from ``RUN/evaluation/metrics.json`` (``covidxray evaluate``) and the cross-validation JSON.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def model_card(
         f"> **{NOT_FOR_CLINICAL_USE}** It must not be used for screening, triage or diagnosis of any person.",
         "",
         "Every figure below is written by `tools/ship_default_model.py` from the files of the run it ships "
-        f"(`{run}`): `eval/metrics.json` (`covidxray evaluate`) and the leave-one-source-out JSON "
+        f"(`{run}`): `evaluation/metrics.json` (`covidxray evaluate`) and the leave-one-source-out JSON "
         "(`covidxray crossval`). 95% intervals: bootstrap over patients.",
         "",
         "## Model",
@@ -175,7 +175,7 @@ def model_card(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="run folder with model/ and eval/metrics.json")
+    ap.add_argument("run", type=Path, help="run folder with model/ and evaluation/metrics.json")
     ap.add_argument("--manifest", type=Path, default=REPO / "runs/data/manifest.csv")
     ap.add_argument("--crossval", type=Path, help="crossval.json of covidxray crossval")
     ap.add_argument("--cache-dir", type=Path, default=REPO / "runs/cache")
@@ -188,7 +188,7 @@ def main() -> None:
     from covidxray.prediction.export import export_onnx
 
     bundle = args.run / "model"
-    metrics = json.loads((args.run / "eval" / "metrics.json").read_text())
+    metrics = json.loads((args.run / "evaluation" / "metrics.json").read_text())
     if not read_config(bundle).guard:
         run_guard(
             argparse.Namespace(

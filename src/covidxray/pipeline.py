@@ -123,7 +123,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     cache_dir = out / "cache"
     run_dir = out / "default"
     bundle_dir = run_dir / "model"
-    eval_dir = run_dir / "eval"
+    eval_dir = run_dir / "evaluation"
 
     def build() -> None:
         from covidxray.data.manifest import build_manifest
