@@ -245,3 +245,30 @@ def test_load_pretrained_explains_a_misfit(tmp_path: Path) -> None:
         load_pretrained(create_model("seed_cnn2"), tmp_path / "notes.pt")
     with pytest.raises(PretrainedWeightsError, match="does not exist"):
         load_pretrained(create_model("seed_cnn2"), tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("scheme", ["glorot", "he"])
+def test_init_schemes_are_seeded_and_keep_seed_cnn6_signal_alive(scheme: str) -> None:
+    from covidxray.models.init import initialize
+
+    def conv_output_std(s: str) -> tuple[float, dict]:
+        torch.manual_seed(0)
+        model = initialize(create_model("seed_cnn6", num_classes=3, image_size=SIZE), s)
+        x = torch.randn(8, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            return float(model.conv(x).std()), model.state_dict()
+
+    default_std, _ = conv_output_std("default")
+    std, state = conv_output_std(scheme)
+    _, again = conv_output_std(scheme)
+    assert all(torch.equal(state[k], again[k]) for k in state)  # same seed, same weights
+    assert all(float(v.abs().max()) == 0 for k, v in state.items() if k.endswith("bias"))
+    # PyTorch's default init leaves ~2 % of unit scale after six ReLU convs; Glorot/He keep far more of it
+    assert default_std < 0.05 and std > 2 * default_std
+
+
+def test_init_rejects_an_unknown_scheme() -> None:
+    from covidxray.models.init import initialize
+
+    with pytest.raises(ValueError, match="must be one of"):
+        initialize(create_model("seed_cnn2"), "lecun")

@@ -23,6 +23,8 @@ def test_config_round_trips_and_names_bad_values() -> None:
         parse_classes("covid,normal,pneumonia,rest")
     with pytest.raises(ConfigError, match="optimizer must be one of"):
         TrainConfig(optimizer="adamw")
+    with pytest.raises(ConfigError, match="init must be one of"):
+        TrainConfig(init="lecun")
     with pytest.raises(ConfigError, match=r"unknown training option\(s\) \['epoch'\]"):
         TrainConfig.from_dict({"epoch": 3})
 

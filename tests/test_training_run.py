@@ -95,3 +95,18 @@ def test_cli_refuses_bad_input_with_a_specific_message(
     argv += [a.format(**fill) for a in args]
     assert main(argv) == code
     assert message.format(**fill) in capsys.readouterr().err
+
+
+def test_cli_init_flag_reinitialises_and_is_recorded(manifest: Path, tmp_path: Path) -> None:
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress",
+            "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "glorot"), "--init", "glorot"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    info = json.loads((tmp_path / "glorot" / "run.json").read_text())
+    assert info["config"]["init"] == "glorot"
+    assert load_bundle(tmp_path / "glorot" / "model").config.training["init"] == "glorot"
+    assert _history(tmp_path / "glorot") != _history(tmp_path / "default")  # other starting weights
+    with pytest.raises(SystemExit) as exc:  # argparse: exit 2 and the valid choices on stderr
+        main([*argv, "--out", str(tmp_path / "bad"), "--init", "lecun"])
+    assert exc.value.code == EXIT_USAGE

@@ -130,6 +130,7 @@ TRAIN_FLAGS = (  # (flag, TrainConfig field, type, help)
     ("--workers", "workers", int, "processes building the image cache"),
     ("--epoch-samples", "epoch_samples", int, "images drawn per training epoch"),
     ("--threads", "threads", int, "torch threads for training"),
+    ("--init", "init", str, "weight initialisation: default | glorot | he"),
 )
 
 

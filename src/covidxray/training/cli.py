@@ -12,7 +12,15 @@ from dataclasses import fields
 from pathlib import Path
 
 from covidxray.cli import EXIT_INPUT, EXIT_USAGE, CLIError
-from covidxray.training.config import AUGMENTS, CLASS_WEIGHTS, LOSSES, OPTIMIZERS, SAMPLERS, TrainConfig
+from covidxray.training.config import (
+    AUGMENTS,
+    CLASS_WEIGHTS,
+    INITS,
+    LOSSES,
+    OPTIMIZERS,
+    SAMPLERS,
+    TrainConfig,
+)
 
 # TrainConfig fields set by a flag of the same name (``--no-progress`` sets ``progress``)
 _FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "progress")
@@ -53,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a("--seed", type=int)
     a("--workers", type=int, help="processes decoding images into the cache on first use")
     a("--weights", help="local state dict to start the backbone from (the head stays new)")
+    a(
+        "--init",
+        choices=INITS,
+        help="weight initialisation: default (the architecture's own), glorot (Keras, as in the seeds), he",
+    )
     a("--freeze-backbone", action="store_true", default=None, help="train the head only")
     a("--patience", type=int, help="epochs without validation improvement before stopping (0: never)")
     a("--intensity", choices=("equalize", "percentile", "minmax", "none"))

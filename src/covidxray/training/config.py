@@ -36,6 +36,7 @@ LOSSES = ("ce", "bce")
 AUGMENTS = ("seed002", "light", "none")
 CLASS_WEIGHTS = ("auto", "none")
 SAMPLERS = ("balanced", "shuffle")
+INITS = ("default", "glorot", "he")  # weight initialisation schemes, see covidxray.models.init
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,7 @@ class TrainConfig:
     workers: int = 0
     weights: str | None = None
     freeze_backbone: bool = False
+    init: str = "default"  # weight initialisation: default | glorot | he (covidxray.models.init)
     patience: int = 5
     intensity: str = "equalize"
     resize: str = "squash"
@@ -116,6 +118,7 @@ class TrainConfig:
             ("augment", AUGMENTS),
             ("class_weights", CLASS_WEIGHTS),
             ("sampler", SAMPLERS),
+            ("init", INITS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")

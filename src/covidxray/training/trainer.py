@@ -70,10 +70,12 @@ def architecture_kwargs(name: str, image_size: int) -> dict[str, Any]:
 
 def build_model(cfg: TrainConfig, pre: Preprocessing, arch_kwargs: dict[str, Any]) -> XRayNet:
     """A fresh network (seeded), with ``cfg.weights`` loaded and the backbone frozen if asked."""
+    from covidxray.models.init import initialize
     from covidxray.models.registry import create_model
 
     torch.manual_seed(cfg.seed)
     net = create_model(cfg.model, num_classes=cfg.num_outputs, in_channels=cfg.channels, **arch_kwargs)
+    initialize(net, cfg.init)
     if cfg.weights:
         from covidxray.models.weights import load_pretrained
 
