@@ -75,8 +75,8 @@ def model_card(
         "ONNX metadata; `covidxray.preprocess.Preprocessing` applies it).",
         f"- Training: {training.get('epochs_run', '?')} epochs of {training.get('epoch_samples') or 'all'} images "
         f"({training.get('train_seconds', 0) / 60:.1f} min on a 2-core CPU, {training.get('threads') or 2} torch "
-        "thread(s)), optimizer {training.get('optimizer')}, "
-        f"lr {training.get('lr')}, augmentation `{training.get('augment')}`, sampler `{training.get('sampler')}` "
+        f"thread(s)), weight initialisation `{training.get('init', 'default')}`, optimizer "
+        f"{training.get('optimizer')}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, sampler `{training.get('sampler')}` "
         f"(every label equally likely; within a label sources weighted by the square root of their size), best "
         f"epoch {training.get('best_epoch')} by validation macro ROC AUC. Recipe: `covidxray run` "
         "(`covidxray.pipeline.DEFAULT_RECIPE`).",
@@ -137,7 +137,8 @@ def model_card(
                 if crossval.get("model") != config["architecture"]["name"]
                 else ""
             )
-            + " trained with the same recipe on all but one source, "
+            + " trained on all but one source with the recipe of the command below (the comparison protocol: "
+            "a shorter budget and PyTorch's default initialisation, so weaker in-source than the shipped model), "
             "then tested on the in-source test split and on every image of the held-out source "
             f"(`{crossval.get('command', 'covidxray crossval')}`).",
             "",

@@ -19,10 +19,14 @@ from typing import Any
 from covidxray import NOT_FOR_CLINICAL_USE
 
 # The recipe of the default model: what `covidxray run` trains and what src/covidxray/default_model was made with.
-# seed_cnn2 had the best validation macro ROC AUC of the comparison (BENCHMARKS.md), trained under this protocol.
+# seed_cnn6 (seed 000's CNN) with Glorot initialisation, 96 px, 34 epochs of 4,096 images: validation macro ROC AUC
+# 0.978, COVID ROC AUC 0.979, and better within-source test AUCs than the comparison's best (seed_cnn2), in about
+# 18.5 minutes on 2 idle cores (BENCHMARKS.md, "seed_cnn6 acceptance run"). A fixed epoch count rather than a time
+# budget makes the result the same on any machine; max_minutes only caps a very slow one.
 DEFAULT_RECIPE: dict[str, Any] = {
-    "model": "seed_cnn2",
-    "epochs": 40,
+    "model": "seed_cnn6",
+    "init": "glorot",
+    "epochs": 34,
     "image_size": 96,
     "batch_size": 32,
     "lr": 1e-3,
@@ -32,9 +36,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "sampler": "balanced",
     "class_weights": "auto",
     "seed": 0,
-    "patience": 6,
-    "epoch_samples": 2048,
-    "max_minutes": 10.0,
+    "patience": 10,
+    "epoch_samples": 4096,
+    "max_minutes": 40.0,
 }
 
 
