@@ -137,9 +137,7 @@ def model_card(
                 if crossval.get("model") != config["architecture"]["name"]
                 else ""
             )
-            + " trained on all but one source with the recipe of the command below (the comparison protocol: "
-            "a shorter budget and PyTorch's default initialisation, so weaker in-source than the shipped model), "
-            "then tested on the in-source test split and on every image of the held-out source "
+            + " trained on all but one source with the recipe of the command below, then tested on the in-source test split and on every image of the held-out source "
             f"(`{crossval.get('command', 'covidxray crossval')}`).",
             "",
             "| held-out source | out-of-source images | macro AUC in-source | macro AUC out-of-source | "
