@@ -76,7 +76,8 @@ def model_card(
         f"- Training: {training.get('epochs_run', '?')} epochs of {training.get('epoch_samples') or 'all'} images "
         f"({training.get('train_seconds', 0) / 60:.1f} min on a 2-core CPU, {training.get('threads') or 2} torch "
         f"thread(s)), weight initialisation `{training.get('init', 'default')}`, optimizer "
-        f"{training.get('optimizer')}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, sampler `{training.get('sampler')}` "
+        f"{training.get('optimizer')}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, "
+        f"sampler `{training.get('sampler')}` "
         f"(every label equally likely; within a label sources weighted by the square root of their size), best "
         f"epoch {training.get('best_epoch')} by validation macro ROC AUC. Recipe: `covidxray run` "
         "(`covidxray.pipeline.DEFAULT_RECIPE`).",
@@ -137,7 +138,8 @@ def model_card(
                 if crossval.get("model") != config["architecture"]["name"]
                 else ""
             )
-            + " trained on all but one source with the recipe of the command below, then tested on the in-source test split and on every image of the held-out source "
+            + " trained on all but one source with the recipe of the command below, then tested on the "
+            "in-source test split and on every image of the held-out source "
             f"(`{crossval.get('command', 'covidxray crossval')}`).",
             "",
             "| held-out source | out-of-source images | macro AUC in-source | macro AUC out-of-source | "
