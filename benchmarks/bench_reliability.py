@@ -64,7 +64,9 @@ def bomb_png(width: int, height: int) -> bytes:
 def flat_png(side: int, mode: str = "RGB") -> bytes:
     """A highly compressible ``side`` x ``side`` PNG (kilobytes on disk, megapixels decoded)."""
     buf = io.BytesIO()
-    Image.new(mode, (side, side), (90, 90, 90) if mode == "RGB" else 90).save(buf, format="PNG", compress_level=9)
+    Image.new(mode, (side, side), (90, 90, 90) if mode == "RGB" else 90).save(
+        buf, format="PNG", compress_level=9
+    )
     return buf.getvalue()
 
 
@@ -78,7 +80,9 @@ class Server:
             env["PYTHONPATH"] = str(args.src) + os.pathsep + env.get("PYTHONPATH", "")
         cmd = [sys.executable, "-m", "covidxray.cli", "serve", "--port", str(self.port), "--audit-db", "none"]
         cmd += ["--log-level", "warning", *(["--model", args.model] if args.model else []), *extra]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while True:
@@ -183,12 +187,34 @@ def scenarios(args: argparse.Namespace) -> list[dict]:
     stall = 20.0
     timeout_opts = ["--body-timeout", "10"] if new else []
     return [
-        {"name": "bomb", "sent": "1 PNG, 370 bytes, header claims 30000x30000 px", "files": [("bomb.png", bomb_png(30000, 30000))]},
+        {
+            "name": "bomb",
+            "sent": "1 PNG, 370 bytes, header claims 30000x30000 px",
+            "files": [("bomb.png", bomb_png(30000, 30000))],
+        },
         {"name": "huge1", "sent": "1 PNG 11000x11000 px (121 Mpx)", "files": [("huge.png", flat_png(11000))]},
-        {"name": "huge4", "sent": "4 PNG 11000x11000 px in one request", "files": [(f"{i}.png", flat_png(11000)) for i in range(4)]},
-        {"name": "big4", "sent": "4 PNG 6000x6000 px (36 Mpx, under the cap) in one request", "files": [(f"{i}.png", flat_png(6000)) for i in range(4)]},
-        {"name": "slow_big", "sent": f"4 connections x 16 files x 19 MB, chunked, never finished, closed after {stall:g} s", "slow": (4, 16, 19.0, stall), "opts": timeout_opts},
-        {"name": "slow_under", "sent": f"6 connections x 5 files x 19 MB (under the request cap), never finished, closed after {stall:g} s", "slow": (6, 5, 19.0, stall), "opts": timeout_opts},
+        {
+            "name": "huge4",
+            "sent": "4 PNG 11000x11000 px in one request",
+            "files": [(f"{i}.png", flat_png(11000)) for i in range(4)],
+        },
+        {
+            "name": "big4",
+            "sent": "4 PNG 6000x6000 px (36 Mpx, under the cap) in one request",
+            "files": [(f"{i}.png", flat_png(6000)) for i in range(4)],
+        },
+        {
+            "name": "slow_big",
+            "sent": f"4 connections x 16 files x 19 MB, chunked, never finished, closed after {stall:g} s",
+            "slow": (4, 16, 19.0, stall),
+            "opts": timeout_opts,
+        },
+        {
+            "name": "slow_under",
+            "sent": f"6 connections x 5 files x 19 MB (under the request cap), never finished, closed after {stall:g} s",
+            "slow": (6, 5, 19.0, stall),
+            "opts": timeout_opts,
+        },
     ]
 
 
@@ -238,7 +264,11 @@ def run(args: argparse.Namespace) -> dict:
         "code": str(args.src or REPO / "src"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/bench_reliability.py", *sys.argv[1:]]),
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "rows": rows,
     }
 
@@ -254,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     out = REPO / "benchmarks" / "results" / f"bench_reliability_{args.label}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n| scenario | sent | got | s | RSS idle / peak / after (MB) |\n|---|---|---|---|---|")
+    print("\n| scenario | sent | got | s | RSS idle / peak / after (MB) |\n|---|---|---|---|---|")
     for r in result["rows"]:
         print(
             f"| {r['scenario']} | {r['sent']} | {r['got']} | {r['seconds']} | "

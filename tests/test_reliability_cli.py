@@ -35,21 +35,41 @@ def test_broken_weights_exit_5_and_raise_model_load_error(tiny_bundle, tmp_path,
     weights = bundle / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(
-        {"zero-byte": b"", "truncated": good[: len(good) // 2], "random": np.random.default_rng(0).bytes(4096)}[
-            damage
-        ]
+        {
+            "zero-byte": b"",
+            "truncated": good[: len(good) // 2],
+            "random": np.random.default_rng(0).bytes(4096),
+        }[damage]
     )
     with pytest.raises(ModelLoadError) as err:
         covidxray.load_model(bundle)
-    assert "model.safetensors" in str(err.value) and ("empty" in str(err.value) or "not a readable" in str(err.value))
+    assert "model.safetensors" in str(err.value) and (
+        "empty" in str(err.value) or "not a readable" in str(err.value)
+    )
     assert main(["predict", "--image", str(xray_png), "--model", str(bundle)]) == EXIT_MODEL
     out = capsys.readouterr()
-    assert "model.safetensors" in out.err and "copy the bundle again" in out.err.lower() and "Traceback" not in out.err
+    assert (
+        "model.safetensors" in out.err
+        and "copy the bundle again" in out.err.lower()
+        and "Traceback" not in out.err
+    )
 
 
 # -- 5: --out checked before the model loads ---------------------------------------------------------------------
 def _batch(folder: Path, model, out, *extra) -> int:
-    return main(["predict", "--images", str(folder), "--model", str(model), "--out", str(out), "--no-progress", *extra])
+    return main(
+        [
+            "predict",
+            "--images",
+            str(folder),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture
@@ -151,31 +171,37 @@ def test_resume_appends_and_skips_paths_already_written(two_images, tiny_bundle,
     assert "not this model's" in capsys.readouterr().err
 
 
-def test_ctrl_c_leaves_valid_csv_summary_and_exact_resume_command(tiny_bundle, tmp_path):
+def test_ctrl_c_leaves_valid_csv_summary_and_exact_resume_command(tiny_bundle, tmp_path, capsys):
+    from covidxray.prediction.export import export_onnx
+
+    model = tmp_path / "tiny.onnx"  # ONNX Runtime: the interrupted subprocess starts without importing torch
+    export_onnx(tiny_bundle, model)
     folder = tmp_path / "many"
     folder.mkdir()
-    Image.fromarray(xray_like(384)).save(folder / "x0000.png")
-    for i in range(1, 400):
+    Image.fromarray(xray_like(320)).save(folder / "x0000.png")
+    for i in range(1, 300):
         os.link(folder / "x0000.png", folder / f"x{i:04d}.png")
     out = tmp_path / "p.csv"
-    argv = ["predict", "--images", str(folder), "--model", str(tiny_bundle), "--out", str(out), "--batch-size", "1"]
+    argv = ["predict", "--images", str(folder), "--model", str(model), "--out", str(out), "--batch-size", "1"]
     proc = subprocess.Popen([CLI, *argv, "--no-progress"], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.read_text().count("\n") >= 6:
+        if out.exists() and out.read_text().count("\n") >= 4:
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert proc.poll() is None, "the batch finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     rows = list(csv.DictReader(out.open()))
-    assert 5 <= len(rows) < 400 and all(r["label"] and r["p_covid"] for r in rows)
+    assert 3 <= len(rows) < 300 and all(r["label"] and r["p_covid"] for r in rows)
     assert f"wrote {len(rows)} rows to {out}" in err and "interrupted:" in err and "Traceback" not in err
-    command = next(line for line in err.splitlines() if line.startswith("resume with: "))[len("resume with: ") :]
+    command = next(line for line in err.splitlines() if line.startswith("resume with: "))[
+        len("resume with: ") :
+    ]
     args = shlex.split(command)
     assert args[0] == "covidxray" and args[-1] == "--resume" and args[1:-1] == [*argv, "--no-progress"]
-    done = subprocess.run([CLI, *args[1:]], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert main(args[1:]) == 0  # the printed command, run as printed (in this process)
+    assert f"{len(rows)} images already in" in capsys.readouterr().err
     paths = [r["path"] for r in csv.DictReader(out.open())]
-    assert len(paths) == 400 and len(set(paths)) == 400
+    assert len(paths) == 300 and len(set(paths)) == 300

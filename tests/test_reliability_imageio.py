@@ -30,7 +30,11 @@ def test_pixel_cap_names_the_limit_and_applies_to_dicom():
     assert load_image_bytes(png, "ok.png", max_pixels=90_000).width == 300
     with pytest.raises(ImageLoadError) as err:
         load_image_bytes(png, "big.png", max_pixels=50_000)
-    assert err.value.reason == "too_large" and "300x300 px" in err.value.detail and "0.05 Mpx" in err.value.detail
+    assert (
+        err.value.reason == "too_large"
+        and "300x300 px" in err.value.detail
+        and "0.05 Mpx" in err.value.detail
+    )
     with pytest.raises(ImageLoadError) as err:
         load_image_bytes(dicom(xray_like(300)), "big.dcm", max_pixels=50_000)
     assert err.value.reason == "too_large"
@@ -40,7 +44,9 @@ def test_pixel_cap_names_the_limit_and_applies_to_dicom():
 def test_huge_images_are_decoded_at_a_reduced_scale(monkeypatch, fmt):
     px = xray_like(640)
     full = load_image_bytes(encode(px, fmt), "x")
-    monkeypatch.setattr(imageio, "REDUCE_ABOVE_PIXELS", 100_000)  # 640 x 640 = 410 kpx -> k = 3 (PNG) / 1/4 (JPEG)
+    monkeypatch.setattr(
+        imageio, "REDUCE_ABOVE_PIXELS", 100_000
+    )  # 640 x 640 = 410 kpx -> k = 3 (PNG) / 1/4 (JPEG)
     small = load_image_bytes(encode(px, fmt), "x")
     assert small.original_size == (640, 640) and small.width * small.height <= 100_000
     assert small.width >= 160 and abs(small.width - small.height) <= 1
@@ -48,7 +54,9 @@ def test_huge_images_are_decoded_at_a_reduced_scale(monkeypatch, fmt):
     from PIL import Image
 
     def thumb(a):
-        return np.asarray(Image.fromarray((a * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BOX), float)
+        return np.asarray(
+            Image.fromarray((a * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BOX), float
+        )
 
     assert np.abs(thumb(full.pixels) - thumb(small.pixels)).mean() < 3.0
     assert full.original_size is None
@@ -88,7 +96,9 @@ def test_every_format_decodes_through_the_one_loader(tmp_path):
         assert img.format == expected[name] and img.pixels.shape == (96, 96), name
         assert img.pixels.dtype == np.float32 and 0 <= img.pixels.min() and img.pixels.max() <= 1, name
         tol = 0.05 if name in ("b.jpg", "c.jfif", "e.gif") else 0.01
-        want = (ref - ref.min()) / (ref.max() - ref.min()) if name == "IM000001" else ref  # DICOM: window min-max
+        want = (
+            (ref - ref.min()) / (ref.max() - ref.min()) if name == "IM000001" else ref
+        )  # DICOM: window min-max
         assert np.abs(img.pixels - want).mean() < tol, name
     assert load_image(tmp_path / "h16.tiff").bit_depth == 16
     assert sniff_format(b"BM is not a bitmap header, just text") is None

@@ -36,7 +36,9 @@ def _client(predictor, tmp_path, **settings) -> TestClient:
 
 
 def _post(client, *files):
-    return client.post("/api/v1/predict", files=[("files", (name, data, "image/png")) for name, data in files])
+    return client.post(
+        "/api/v1/predict", files=[("files", (name, data, "image/png")) for name, data in files]
+    )
 
 
 # -- 1 and 2: bombs and the pixel cap ------------------------------------------------------------------------------
@@ -179,7 +181,9 @@ def test_audit_retention_by_days_and_rows(tmp_path):
     url = f"sqlite:///{tmp_path}/audit.sqlite"
     log = AuditLog(url)
     now = dt.datetime.now(dt.timezone.utc)
-    log.record(AuditRecord(f"{i:064d}", "m", "normal", {}, time=now - dt.timedelta(days=i)) for i in range(10))
+    log.record(
+        AuditRecord(f"{i:064d}", "m", "normal", {}, time=now - dt.timedelta(days=i)) for i in range(9, -1, -1)
+    )
     log.close()
     log = AuditLog(url, retention_days=4.5)  # opening applies the bound
     assert log.count() == 5
@@ -196,11 +200,12 @@ def test_kept_uploads_are_bounded_and_dicoms_de_identified(predictor, tmp_path):
     assert b"Doe^Jane" in dcm
     pngs = [encode(xray_like(128, seed=i), "PNG") for i in range(4)]
     limit_mb = (len(pngs[0]) * 2.5) / 1024 / 1024
-    with _client(predictor, tmp_path, keep_uploads=kept, keep_uploads_max_mb=limit_mb) as client:
+    with _client(predictor, tmp_path, keep_uploads=kept) as client:
         r = client.post("/api/v1/predict", files={"files": ("scan.dcm", dcm, "application/dicom")})
         assert r.status_code == 200
         sha = r.json()["predictions"][0]["sha256"]
         stored = (kept / f"{sha}.dcm").read_bytes()
+    with _client(predictor, tmp_path, keep_uploads=kept, keep_uploads_max_mb=limit_mb) as client:
         for i, png in enumerate(pngs):
             assert _post(client, (f"{i}.png", png)).status_code == 200
             time.sleep(0.01)  # distinct modification times: oldest first

@@ -29,7 +29,9 @@ EXIT_USAGE = 2  # bad arguments (argparse)
 EXIT_INPUT = 3  # bad input file/folder: missing, empty, undecodable
 EXIT_REFUSED = 4  # input refused by the guard under --strict
 EXIT_MODEL = 5  # model bundle cannot be loaded
-EXIT_UNAVAILABLE = 6  # serve: the port is busy or not permitted, the audit database or kept-uploads folder unusable
+EXIT_UNAVAILABLE = (
+    6  # serve: the port is busy or not permitted, the audit database or kept-uploads folder unusable
+)
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. to print the exact command that resumes a run
+    args.argv = list(
+        sys.argv[1:] if argv is None else argv
+    )  # e.g. to print the exact command that resumes a run
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -80,7 +80,9 @@ class LoadedImage:
     bit_depth: int
     original_mode: str  # PIL mode or DICOM photometric interpretation
     colorfulness: float = 0.0  # mean |R-G| + |G-B| in [0, 2]; ~0 for X-rays, large for colour photographs
-    original_size: tuple[int, int] | None = None  # (width, height) in the file when decoded at a reduced scale
+    original_size: tuple[int, int] | None = (
+        None  # (width, height) in the file when decoded at a reduced scale
+    )
 
     @property
     def height(self) -> int:

@@ -66,7 +66,9 @@ class ImageScan:
             for reason, n in sorted(self.skipped.items()):
                 text = f"{n} {SKIP_REASONS[reason]}"
                 if reason == "not_an_image" and self.skipped_suffixes:
-                    text += " (" + ", ".join(f"{k} {v}" for k, v in self.skipped_suffixes.most_common(5)) + ")"
+                    text += (
+                        " (" + ", ".join(f"{k} {v}" for k, v in self.skipped_suffixes.most_common(5)) + ")"
+                    )
                 parts.append(text)
             n_files = sum(v for k, v in self.skipped.items() if k != "hidden_folder")
             out.append(f"skipped {n_files} files: " + "; ".join(parts))
@@ -154,14 +156,14 @@ def prepare_output(path: Path, append: bool = False) -> None:
     Raises :class:`OutputError` saying what is wrong. Creates no file that did not exist.
     """
     if path.is_dir():
-        raise OutputError(
-            f"{path}: is a folder; give a file name such as {path / 'predictions.csv'}"
-        )
+        raise OutputError(f"{path}: is a folder; give a file name such as {path / 'predictions.csv'}")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        raise OutputError(f"{path}: cannot create its folder {parent}: a file is in the way ({exc.strerror})") from exc
+        raise OutputError(
+            f"{path}: cannot create its folder {parent}: a file is in the way ({exc.strerror})"
+        ) from exc
     except OSError as exc:
         raise OutputError(
             f"{path}: cannot create its folder {parent} ({exc.strerror}); choose a writable place"

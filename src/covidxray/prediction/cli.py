@@ -232,7 +232,9 @@ def _predict_many(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         # a file is flushed row by row: an interrupted or killed run loses at most the row being written
-        writer = RowWriter(stream, predictor.classes, jsonl=jsonl, header=not append, flush_every=1 if out else 256)
+        writer = RowWriter(
+            stream, predictor.classes, jsonl=jsonl, header=not append, flush_every=1 if out else 256
+        )
         preds = stream_rows(predictor.iter_predict(paths, batch_size=args.batch_size), writer, summary)
         for pred in _progress(preds, len(paths), disable=args.no_progress):
             if args.explain and pred.ok:

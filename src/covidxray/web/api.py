@@ -109,7 +109,9 @@ async def predict(
         service.upload_slots.release()
 
 
-async def _predict(request: Request, service: PredictionService, explain: bool, preview: bool) -> PredictResponse:
+async def _predict(
+    request: Request, service: PredictionService, explain: bool, preview: bool
+) -> PredictResponse:
     settings = service.settings
     with anyio.move_on_after(settings.body_timeout_s) as reading:
         raw, fields = await read_multipart(

@@ -29,8 +29,8 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 metadata = MetaData()
@@ -39,6 +39,7 @@ PRUNE_EVERY = 500  # recorded rows between two retention passes
 
 class AuditError(RuntimeError):
     """An audit database that cannot be opened or written (``covidxray serve`` exit code 6)."""
+
 
 predictions = Table(
     "predictions",
@@ -117,7 +118,9 @@ class AuditLog:
         try:
             self.engine = create_audit_engine(url)
             metadata.create_all(self.engine)
-            with self.engine.connect() as conn:  # can we write? (a read-only file or role fails here, not later)
+            with (
+                self.engine.connect() as conn
+            ):  # can we write? (a read-only file or role fails here, not later)
                 trans = conn.begin()
                 conn.execute(predictions.insert(), [_row(AuditRecord("0" * 64, "check", "check", {}))])
                 trans.rollback()

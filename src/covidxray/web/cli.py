@@ -199,7 +199,9 @@ def _serve(args: argparse.Namespace, settings, sock) -> int:
     if settings.keep_uploads is not None:
         try:  # creates the folder and applies the bounds now; the app's service reopens it
             KeptUploads(
-                settings.keep_uploads, settings.retention_days, int(settings.keep_uploads_max_mb * 1024 * 1024)
+                settings.keep_uploads,
+                settings.retention_days,
+                int(settings.keep_uploads_max_mb * 1024 * 1024),
             )
         except OSError as exc:
             raise CLIError(
@@ -218,7 +220,9 @@ def _serve(args: argparse.Namespace, settings, sock) -> int:
     if settings.backend == "torch" and settings.torch_threads:
         import torch
 
-        torch.set_num_threads(settings.torch_threads)  # this process is the server: a process-wide setting is ours
+        torch.set_num_threads(
+            settings.torch_threads
+        )  # this process is the server: a process-wide setting is ours
     app = create_app(predictor, settings, audit=audit)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in str(host) else host

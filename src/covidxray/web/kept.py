@@ -97,12 +97,14 @@ def deidentify_dicom(data: bytes) -> bytes:
         scrub(ds)
         for keyword in UIDS:
             if keyword in ds and ds.data_element(keyword).value:
-                ds.data_element(keyword).value = generate_uid(entropy_srcs=[str(ds.data_element(keyword).value)])
+                ds.data_element(keyword).value = generate_uid(
+                    entropy_srcs=[str(ds.data_element(keyword).value)]
+                )
         meta = getattr(ds, "file_meta", None)
         if meta is not None and "SOPInstanceUID" in ds and "MediaStorageSOPInstanceUID" in meta:
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "covidxray: PS3.15 basic profile subset, private tags removed, UIDs replaced"
+        ds.DeidentificationMethod = "covidxray: PS3.15 basic profile subset"  # LO: at most 64 characters
         out = io.BytesIO()
         ds.save_as(out)
         return out.getvalue()

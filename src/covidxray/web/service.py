@@ -69,7 +69,9 @@ class PredictionService:
         self.kept = kept
         if kept is None and settings.keep_uploads is not None:
             self.kept = KeptUploads(
-                settings.keep_uploads, settings.retention_days, int(settings.keep_uploads_max_mb * 1024 * 1024)
+                settings.keep_uploads,
+                settings.retention_days,
+                int(settings.keep_uploads_max_mb * 1024 * 1024),
             )
         self.info = dict(predictor.info())
         self.model_version = model_version(self.info)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.exceptions import FormParserError
-from starlette.requests import ClientDisconnect
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 ACCEPTED_SUFFIXES = {
     ".png": "png",
@@ -74,7 +74,9 @@ def display_name(raw: str) -> str:
 class _MultipartReader:
     """Callbacks for python-multipart's streaming parser that enforce the limits as bytes arrive."""
 
-    def __init__(self, file_field: str, max_file_bytes: int, max_files: int, max_total_bytes: int | None = None):
+    def __init__(
+        self, file_field: str, max_file_bytes: int, max_files: int, max_total_bytes: int | None = None
+    ):
         self.file_field = file_field
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
