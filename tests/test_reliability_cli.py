@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import xray_like
 from covidxray.cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, main
-from reliability_files import every_format
+from reliability_files import bomb_png, every_format
 
 CLI = str(Path(sys.executable).parent / "covidxray")
 
@@ -53,6 +53,15 @@ def test_broken_weights_exit_5_and_raise_model_load_error(tiny_bundle, tmp_path,
         and "copy the bundle again" in out.err.lower()
         and "Traceback" not in out.err
     )
+
+
+# -- 1: the CLI reports a decompression bomb as bad input ---------------------------------------------------------
+def test_cli_reports_bomb_as_bad_input(tiny_bundle, tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+    assert main(["predict", "--image", str(bomb), "--model", str(tiny_bundle)]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "bomb.png: image header claims too many pixels (900 Mpx)" in err and "limit of 50 Mpx" in err
 
 
 # -- 5: --out checked before the model loads ---------------------------------------------------------------------
