@@ -64,8 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from covidxray import NOT_FOR_CLINICAL_USE
-    from covidxray.cli import EXIT_MODEL, EXIT_USAGE, CLIError
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.errors import EXIT_MODEL, EXIT_USAGE, CLIError
 
     try:
         from covidxray.web.settings import WebSettings
