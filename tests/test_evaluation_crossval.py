@@ -8,8 +8,8 @@ import numpy as np
 
 from covidxray import NOT_FOR_CLINICAL_USE
 from covidxray.evaluation.crossval import crossval_report, fold_dir, fold_summary
-from covidxray.evaluation.report import fmt
-from covidxray.evaluation.results import EvaluationOptions, evaluate_predictions
+from covidxray.evaluation.document import fmt
+from covidxray.evaluation.metrics_json import EvaluationOptions, evaluate_predictions
 
 CLASSES = ["covid", "normal", "pneumonia"]
 

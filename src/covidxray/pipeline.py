@@ -200,7 +200,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from covidxray.evaluation.summary import summary_lines
+    from covidxray.evaluation.terminal_summary import summary_lines
 
     metrics = run_pipeline(args)
     print()

@@ -11,6 +11,7 @@ from pathlib import Path
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.errors import EXIT_INPUT, EXIT_MODEL, CLIError
 from covidxray.training.cli import TRAIN_FIELDS, add_train_flags, given_train_options
+from covidxray.vocabulary import EVALUATED_ROWS
 
 DEFAULT_CACHE_DIR = Path("runs/cache")
 
@@ -69,7 +70,7 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, **overrides):
-    from covidxray.evaluation.results import EvaluationOptions
+    from covidxray.evaluation.metrics_json import EvaluationOptions
 
     if args.bootstrap < 10:
         raise CLIError(f"--bootstrap must be at least 10, got {args.bootstrap}", 2)
@@ -89,7 +90,7 @@ def _options(args: argparse.Namespace, **overrides):
 def _evaluate(args: argparse.Namespace) -> int:
     from covidxray.bundle import BundleError
     from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
-    from covidxray.evaluation.summary import summary_lines
+    from covidxray.evaluation.terminal_summary import summary_lines
 
     bundle = resolve_bundle(args.model)
     df = read_manifest_or_fail(args.manifest)
@@ -178,7 +179,7 @@ def _crossval(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), EXIT_MODEL) from exc
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_INPUT) from exc
-    from covidxray.evaluation.evaluate_report import cell
+    from covidxray.evaluation.metrics_report import cell
 
     print(f"{'held-out source':<22} {'macro AUC in-source':<28} {'macro AUC out-of-source':<28}")
     for f in result["folds"]:
@@ -271,7 +272,7 @@ def _register_compare(subparsers) -> None:
     p.add_argument(
         "--split",
         default="test",
-        choices=("train", "val", "test", "all"),
+        choices=EVALUATED_ROWS,
         help="split to evaluate missing runs on (default: %(default)s)",
     )
     _add_evaluation_options(p)
@@ -295,7 +296,7 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument(
         "--split",
         default="test",
-        choices=("train", "val", "test", "all"),
+        choices=EVALUATED_ROWS,
         help="rows to evaluate (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/evaluation)")
