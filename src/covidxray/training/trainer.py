@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from covidxray.bundle import BundleConfig, save_bundle, update_bundle
+from covidxray.data.manifest import root_label
 from covidxray.models.base import XRayNet
 from covidxray.preprocess import Preprocessing
 from covidxray.training.augment import Augment, batch_generator
@@ -379,7 +380,7 @@ class _Run:
             data={
                 "manifest": str(cfg.manifest),
                 "manifest_sha1": self.df.attrs.get("manifest_sha1"),
-                "root": self.df.attrs.get("root"),
+                "root": root_label(self.df.attrs["root"]) if self.df.attrs.get("root") else None,
                 "holdout_source": cfg.holdout_source,
                 "counts": split_counts(self.df, [self.train_split, self.val_split]),
             },
