@@ -167,6 +167,6 @@ def test_saved_models_name_their_data_root_without_this_machines_path(tmp_path, 
     (tmp_path / "shared" / "data").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "repo")
     assert root_label(tmp_path / "shared" / "data") == "../shared/data"
-    assert root_label("/") == ""  # far from the working directory: the folder's own name only
+    assert root_label("/elsewhere/xrays") == "xrays"  # far from the working directory: its folder name
     shipped = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["data"]["root"]
     assert not Path(shipped).is_absolute()
