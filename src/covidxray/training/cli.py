@@ -90,8 +90,15 @@ def add_train_flags(
         typ = _TYPES.get(types[name].split(" |")[0], str)
         if default not in (None, "") and name not in ("classes", "out"):
             text += f" (default: {default})"
+        choices = CHOICES.get(name)
         parser.add_argument(
-            flag, dest=dest_prefix + name, type=typ, choices=CHOICES.get(name), default=None, help=text
+            flag,
+            dest=dest_prefix + name,
+            type=typ,
+            choices=choices,
+            default=None,
+            metavar=None if choices else name.upper(),
+            help=text,
         )
 
 
