@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from conftest import xray_like
-from covidxray.cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, main
+from covidxray.cli import main
+from covidxray.errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE
 from reliability_files import bomb_png, every_format
 
 CLI = str(Path(sys.executable).parent / "covidxray")
@@ -28,7 +29,7 @@ CLI = str(Path(sys.executable).parent / "covidxray")
 @pytest.mark.parametrize("damage", ["zero-byte", "truncated", "random"])
 def test_broken_weights_exit_5_and_raise_model_load_error(tiny_bundle, tmp_path, xray_png, capsys, damage):
     import covidxray
-    from covidxray.prediction.predictor import ModelLoadError
+    from covidxray.bundle import ModelLoadError
 
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)

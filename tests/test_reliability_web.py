@@ -16,7 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import xray_like
-from covidxray.cli import EXIT_UNAVAILABLE, EXIT_USAGE, main
+from covidxray.cli import main
+from covidxray.errors import EXIT_UNAVAILABLE, EXIT_USAGE
 from covidxray.web.app import create_app
 from covidxray.web.audit import AuditLog, AuditRecord
 from covidxray.web.settings import WebSettings

@@ -93,7 +93,13 @@ class LoadedImage:
         return int(self.pixels.shape[1])
 
 
-def _check_size(path, arr: np.ndarray, min_side: int) -> None:
+def colorfulness(rgb: np.ndarray) -> float:
+    """Mean |R-G| + |G-B| of an RGB image in [0, 1] (H, W, 3): ~0 for X-rays, large for colour photographs."""
+    return float(np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean())
+
+
+def check_size(path, arr: np.ndarray, min_side: int) -> None:
+    """Raise a ``too_small`` :class:`ImageLoadError` when ``arr`` is under ``min_side`` pixels on a side."""
     h, w = arr.shape[:2]
     if min(h, w) < min_side:
         raise ImageLoadError(
@@ -192,7 +198,7 @@ def _colorfulness(rgb8: np.ndarray, rows: int = 512) -> float:
 
 
 def _decode_raster(data: bytes, path, max_pixels: int | None) -> LoadedImage:
-    colorfulness = 0.0
+    colour = 0.0
     original_size = None
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -229,7 +235,7 @@ def _decode_raster(data: bytes, path, max_pixels: int | None) -> LoadedImage:
                     background = Image.new("RGBA", im.size, (0, 0, 0, 255))
                     im = Image.alpha_composite(background, im)
                 if im.mode not in ("L", "1"):
-                    colorfulness = _colorfulness(np.asarray(im.convert("RGB")))
+                    colour = _colorfulness(np.asarray(im.convert("RGB")))
                 arr = np.asarray(im.convert("L")).astype(np.float32) / np.float32(255.0)
                 bits = 8
     except ImageLoadError:
@@ -255,7 +261,7 @@ def _decode_raster(data: bytes, path, max_pixels: int | None) -> LoadedImage:
         "jpeg" if fmt == "mpo" else fmt,
         bits,
         mode,
-        colorfulness,
+        colour,
         original_size,
     )
 
@@ -274,7 +280,7 @@ def load_image_bytes(
         img = _decode_dicom(data, name, max_pixels)
     else:
         img = _decode_raster(data, name, max_pixels)
-    _check_size(name, img.pixels, min_side)
+    check_size(name, img.pixels, min_side)
     return img
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from covidxray.bundle import BACKENDS
 from covidxray.web.settings import default_audit_db
 
 
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=_port, default=8000, help="port, 0 for any free one (default: %(default)s)")
     p.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=BACKENDS,
         default="torch",
         help="inference backend (Grad-CAM needs torch; default: %(default)s)",
     )
@@ -159,7 +160,7 @@ def return_freed_memory_to_the_system(threshold: int = 1 << 20) -> bool:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from covidxray.cli import EXIT_UNAVAILABLE, EXIT_USAGE, CLIError
+    from covidxray.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CLIError
 
     audit_db = None if str(args.audit_db).lower() in ("none", "") else args.audit_db
     try:
@@ -204,8 +205,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, settings, sock) -> int:
     """Open the audit log and kept-uploads folder, load the model, announce, serve on the bound ``sock``."""
-    from covidxray import NOT_FOR_CLINICAL_USE
-    from covidxray.cli import EXIT_MODEL, EXIT_UNAVAILABLE, CLIError
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.errors import EXIT_MODEL, EXIT_UNAVAILABLE, CLIError
     from covidxray.web.app import create_app, open_audit_log
     from covidxray.web.audit import AuditError
     from covidxray.web.kept import KeptUploads

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from covidxray.bundle import BACKENDS
+
 MB = 1024 * 1024
 
 
@@ -71,8 +73,8 @@ class WebSettings:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be at least 1 or None, got {self.torch_threads}")
-        if self.backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         for name in ("max_megapixels", "max_request_mb", "body_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
