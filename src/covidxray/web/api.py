@@ -81,7 +81,8 @@ async def predict(
     preview: Annotated[bool, Query(description="add a PNG preview rendered from the decoded pixels")] = False,
 ) -> PredictResponse:
     """Upload images in the multipart field 'files'; the request succeeds for all of them or fails naming the
-    first file that is too large (413), not an image (415) or undecodable (422). Research use only."""
+    first file that is too large or has too many pixels (413), not an image (415) or undecodable (422). A body
+    that does not arrive in time gets 408; 503 when too many uploads are in progress. Research use only."""
     settings = service.settings
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_request_bytes + 64 * 1024:  # + multipart framing
