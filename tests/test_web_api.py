@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import xray_like
+from conftest import dicom_bytes, xray_like
 from covidxray import NOT_FOR_CLINICAL_USE
 from covidxray.web.app import STATIC_DIR, create_app
 from covidxray.web.audit import AuditLog
@@ -54,31 +54,6 @@ def _png(pixels: np.ndarray) -> bytes:
 def _jpeg(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _dicom(pixels: np.ndarray) -> bytes:
-    """A 12-bit MONOCHROME2 DICOM of the image (no test file ships one)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-        "CR",
-    )
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
@@ -125,7 +100,7 @@ def test_predict_png_jpeg_dicom_with_audit_rows(predictor, tmp_path):
     uploads = [
         ("chest.png", _png(pixels)),
         ("other.jpg", _jpeg(xray_like(seed=2))),
-        ("scan.dcm", _dicom(pixels)),
+        ("scan.dcm", dicom_bytes(pixels)),
     ]
     with _client(predictor, tmp_path) as client:
         r = client.post(
@@ -163,7 +138,7 @@ def test_predict_explain_and_preview(predictor, tmp_path):
             "/api/v1/predict?explain=true&preview=true",
             files=[
                 ("files", ("x.png", _png(pixels), "image/png")),
-                ("files", ("x.dcm", _dicom(pixels), "application/dicom")),
+                ("files", ("x.dcm", dicom_bytes(pixels), "application/dicom")),
             ],
         )
         by_form = client.post(
