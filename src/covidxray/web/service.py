@@ -66,19 +66,29 @@ class PredictionService:
         self.predictor = predictor
         self.settings = settings
         self.audit = audit
-        self.kept = kept
-        if kept is None and settings.keep_uploads is not None:
-            self.kept = KeptUploads(
-                settings.keep_uploads,
-                settings.retention_days,
-                int(settings.keep_uploads_max_mb * 1024 * 1024),
-            )
+        self._kept = kept
+        self._kept_lock = threading.Lock()
         self.info = dict(predictor.info())
         self.model_version = recorded_version(self.info)
         self.can_explain = self.info.get("backend", "torch") == "torch"
         self._explain_lock = threading.Lock()
         self.limiter = anyio.CapacityLimiter(settings.workers)  # create inside the event loop (the lifespan)
         self.upload_slots = anyio.Semaphore(settings.max_concurrent_uploads)
+
+    def kept_uploads(self) -> KeptUploads | None:
+        """The ``--keep-uploads`` folder, opened (and pruned) on first use; None when uploads are not kept.
+
+        ``covidxray serve`` opens it before it starts, so an unusable folder stops the server there (exit 6).
+        """
+        if self.settings.keep_uploads is None:
+            return None
+        with self._kept_lock:
+            if self._kept is None:
+                s = self.settings
+                self._kept = KeptUploads(
+                    s.keep_uploads, s.retention_days, int(s.keep_uploads_max_mb * 1024 * 1024)
+                )
+            return self._kept
 
     def decode(self, upload: Upload) -> LoadedImage:
         """Decode with the project's one image loader; an undecodable image becomes a 422 naming the file."""
@@ -105,9 +115,10 @@ class PredictionService:
                 f"this server runs the {self.info.get('backend')} backend",
                 hint="restart with --backend torch, or ask without explain",
             )
-        if self.kept is not None:
+        kept = self.kept_uploads()
+        if kept is not None:
             for upload in uploads:
-                self.kept.keep(upload)
+                kept.keep(upload)
         results = []
         for upload in uploads:  # one at a time: one full-size decoded image held, never all of them
             img = self.decode(upload)
