@@ -9,6 +9,7 @@ loads with a later covidxray; an ONNX export of it loads with no covidxray at al
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import platform
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
-from covidxray.preprocess import Preprocessing
+from covidxray.preprocess import NewerPreprocessingError, Preprocessing
 
 if TYPE_CHECKING:  # torch is imported where a network is built, so the ONNX path resolves models without it
     from covidxray.models.base import XRayNet
@@ -26,6 +27,10 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 ONNX_FILE = "model.onnx"
+ONNX_CONFIG_KEY = "covidxray.config"  # the whole config.json, as it was when the ONNX file was written
+ONNX_CONFIG_HASH_KEY = "covidxray.config_sha256"  # config_digest() of that config
+# config.json keys that do not change what a model outputs or decides: editing them leaves an export valid
+INFORMATIONAL_KEYS = ("training", "data", "metrics", "versions", "created", "intended_use", "not_for_clinical_use")
 BACKENDS = ("torch", "onnx")  # what runs a model: the bundle through PyTorch, or its ONNX export
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 INTENDED_USE = (
@@ -123,6 +128,10 @@ class BundleConfig:
                 "upgrade covidxray, or load its ONNX export with onnxruntime"
             )
         arch = d["architecture"]
+        try:
+            preprocessing = Preprocessing.from_dict(d["preprocessing"])
+        except NewerPreprocessingError as exc:
+            raise BundleError(f"{source}: format version {version}: {exc}") from exc
         known = {
             "format",
             "format_version",
@@ -145,7 +154,7 @@ class BundleConfig:
             architecture_kwargs=dict(arch.get("kwargs", {})),
             num_outputs=int(arch.get("num_outputs", len(d["classes"]))),
             classes=list(d["classes"]),
-            preprocessing=Preprocessing.from_dict(d["preprocessing"]),
+            preprocessing=preprocessing,
             training=d.get("training", {}),
             data=d.get("data", {}),
             metrics=d.get("metrics", {}),
@@ -181,7 +190,14 @@ def build_network(config: BundleConfig) -> XRayNet:
 def _versions() -> dict[str, str]:
     import torch
 
-    return {"covidxray": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "covidxray": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        # the CPU kernels PyTorch picked (e.g. AVX2, AVX512): float results, hence trained weights, depend on it
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
 
 
 def save_bundle(path: str | Path, model: XRayNet, config: BundleConfig) -> Path:
@@ -194,7 +210,9 @@ def save_bundle(path: str | Path, model: XRayNet, config: BundleConfig) -> Path:
     config.created = config.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    # one metadata key: safetensors writes its metadata map in a random order, so two keys made the same
+    # weights give different file bytes (and a different weights_version) from one save to the next
+    save_file(state, str(tmp), metadata={"format": f"{FORMAT} {FORMAT_VERSION}"})
     tmp.replace(out / WEIGHTS_FILE)
     write_config(out, config)
     return out
@@ -261,14 +279,73 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
 
 
 def update_bundle(path: str | Path, **changes: Any) -> BundleConfig:
-    """Change fields of a saved bundle's config (e.g. ``operating_point``, ``guard``, ``metrics``)."""
+    """Change fields of a saved bundle's config (e.g. ``operating_point``, ``guard``, ``metrics``).
+
+    The one function that changes a saved bundle: when the bundle holds an ONNX export (``model.onnx``), its
+    config metadata is rewritten too (:func:`refresh_onnx_metadata`), so both backends decide alike."""
     config = read_config(path)
     for k, v in changes.items():
         if not hasattr(config, k):
             raise AttributeError(f"BundleConfig has no field {k!r}")
         setattr(config, k, v)
     write_config(path, config)
+    onnx_path = Path(path) / ONNX_FILE
+    if onnx_path.is_file():
+        refresh_onnx_metadata(onnx_path, config.to_dict())
     return config
+
+
+# -- the ONNX export's copy of the config --------------------------------------------------------------------
+def config_digest(config: dict[str, Any]) -> str:
+    """SHA-256 of the parts of a config that change what a model outputs or decides (everything but
+    :data:`INFORMATIONAL_KEYS`): classes, preprocessing, operating point(s), input guard, architecture."""
+    kept = {k: v for k, v in config.items() if k not in INFORMATIONAL_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The decision-relevant top-level keys on which two configs differ."""
+    keys = (set(a) | set(b)) - set(INFORMATIONAL_KEYS)
+    dump = lambda d, k: json.dumps(d.get(k), sort_keys=True, default=str)  # noqa: E731
+    return sorted(k for k in keys if dump(a, k) != dump(b, k))
+
+
+def decision_rule(classes: list[str], operating_point: dict[str, Any] | None) -> str:
+    """How the label follows from the probabilities (see :mod:`covidxray.prediction.backend`), in words."""
+    op = operating_point
+    if op and op.get("threshold") is not None and op.get("class", "covid") in classes:
+        cls = op.get("class", "covid")
+        return f"{cls} when p({cls}) >= {float(op['threshold']):.4g}, otherwise the most probable other class"
+    return "the most probable class"
+
+
+def onnx_config_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """The ONNX metadata that follows the config a bundle may change after export (the rest of the metadata
+    is written once by ``covidxray export``)."""
+    op = config.get("operating_point")
+    return {
+        ONNX_CONFIG_KEY: json.dumps(config, default=str),
+        ONNX_CONFIG_HASH_KEY: config_digest(config),
+        "operating_point": json.dumps(op, default=str),
+        "decision_rule": decision_rule(list(config["classes"]), op),
+    }
+
+
+def refresh_onnx_metadata(onnx_path: str | Path, config: dict[str, Any]) -> None:
+    """Rewrite an ONNX export's config metadata from ``config`` (the graph and weights are unchanged)."""
+    import onnx
+
+    path = Path(onnx_path)
+    proto = onnx.load_model(str(path))
+    new = onnx_config_metadata(config)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update(new)
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        proto.metadata_props.add(key=k, value=v)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(proto, str(tmp))
+    tmp.replace(path)
 
 
 # -- finding a model -----------------------------------------------------------------------------------------

@@ -20,9 +20,15 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from PIL import Image, ImageOps
 
+from covidxray.about import __version__
+
 RESIZE_MODES = ("squash", "pad", "crop")
 INTENSITY_MODES = ("equalize", "percentile", "minmax", "none")
 CHANNELS = (1, 3)  # grey, or grey repeated for three-channel (ImageNet) backbones
+
+
+class NewerPreprocessingError(ValueError):
+    """A saved preprocessing this covidxray does not know (a setting or a mode from a newer version)."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,20 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
+        """The preprocessing a saved model names. The dataclass fields are the one list of known settings:
+        a setting or a resize/intensity mode this version does not know raises :class:`NewerPreprocessingError`
+        rather than being dropped (the model would silently see differently preprocessed images)."""
         known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
+        unknown = sorted(set(d) - known)
+        modes = {"resize": RESIZE_MODES, "intensity": INTENSITY_MODES}
+        unknown += [f"{k}={d[k]!r}" for k, allowed in modes.items() if k in d and d[k] not in allowed]
+        if unknown:
+            raise NewerPreprocessingError(
+                f"preprocessing settings {unknown} are not supported by covidxray {__version__}, which knows "
+                f"{sorted(known)} (resize {list(RESIZE_MODES)}, intensity {list(INTENSITY_MODES)}); the model "
+                "was saved by a newer covidxray: upgrade covidxray, or load its ONNX export with onnxruntime"
+            )
+        kw = dict(d)
         if "percentiles" in kw:
             kw["percentiles"] = tuple(kw["percentiles"])
         return cls(**kw)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from covidxray.bundle import BACKENDS, ModelLoadError
+from covidxray.bundle import BACKENDS, ModelLoadError, decision_rule
 
 __all__ = ["BACKENDS", "Backend", "ModelLoadError", "decide_label", "decision_rule", "weights_version"]
 
@@ -53,15 +53,6 @@ def decide_label(
             others[k] = -np.inf
             return classes[int(np.argmax(others))], t
     return classes[int(np.argmax(p))], None
-
-
-def decision_rule(classes: list[str], operating_point: dict[str, Any] | None) -> str:
-    """:func:`decide_label` in words."""
-    op = operating_point
-    if op and op.get("threshold") is not None and op.get("class", "covid") in classes:
-        cls = op.get("class", "covid")
-        return f"{cls} when p({cls}) >= {float(op['threshold']):.4g}, otherwise the most probable other class"
-    return "the most probable class"
 
 
 def weights_version(architecture: str, weights: Path) -> str:

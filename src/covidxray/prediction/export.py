@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
-from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle
+from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle, onnx_config_metadata
 from covidxray.models.base import XRayNet
-from covidxray.prediction.backend import ModelLoadError, decision_rule, weights_version
-from covidxray.prediction.onnx_backend import CONFIG_KEY, INPUT_NAME, OUTPUTS, VERSION_KEY, make_session
+from covidxray.prediction.backend import ModelLoadError, weights_version
+from covidxray.prediction.onnx_backend import INPUT_NAME, OUTPUTS, VERSION_KEY, make_session
 from covidxray.preprocess import Preprocessing
 
 DEFAULT_OPSET = 18
@@ -67,9 +67,8 @@ def describe_preprocessing(p: Preprocessing) -> str:
 def onnx_metadata(config: dict[str, Any], version: str) -> dict[str, str]:
     """The ``metadata_props`` written into the ONNX file."""
     p = Preprocessing.from_dict(config["preprocessing"])
-    op = config.get("operating_point")
     return {
-        CONFIG_KEY: json.dumps(config, default=str),
+        **onnx_config_metadata(config),  # the whole config, its hash, the operating point, the decision rule
         VERSION_KEY: version,
         "classes": json.dumps(list(config["classes"])),
         "preprocessing": json.dumps(p.to_dict()),
@@ -77,8 +76,6 @@ def onnx_metadata(config: dict[str, Any], version: str) -> dict[str, str]:
         "input": f"{INPUT_NAME}: float32 (N, {p.channels}, {p.image_size}, {p.image_size}) in [0, 1]",
         "outputs": "probabilities: float32 (N, K) in the order of 'classes'; "
         "features: float32 (N, F) penultimate features (covidxray input guard)",
-        "operating_point": json.dumps(op, default=str),
-        "decision_rule": decision_rule(list(config["classes"]), op),
         "intended_use": str(config.get("intended_use", "")),
         "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
         "covidxray_version": __version__,

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from covidxray.bundle import CONFIG_FILE, ONNX_CONFIG_KEY, config_differences, config_digest
 from covidxray.prediction.backend import ModelLoadError
 
-CONFIG_KEY = "covidxray.config"
+CONFIG_KEY = ONNX_CONFIG_KEY
 VERSION_KEY = "covidxray.model_version"
 INPUT_NAME = "image"
 OUTPUTS = ("probabilities", "features")
@@ -29,6 +30,24 @@ def make_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def _refuse_stale(path: Path, embedded: dict[str, Any]) -> None:
+    """Raise when the bundle's ``config.json`` beside the file decides differently from the config the export
+    carries (e.g. ``covidxray evaluate`` rewrote the operating point after the export, by hand or by an older
+    covidxray): the torch and ONNX backends would then label images differently."""
+    cfg_path = path.parent / CONFIG_FILE
+    try:
+        on_disk = json.loads(cfg_path.read_text())
+    except (OSError, ValueError):
+        return  # no readable bundle config beside it: the export stands alone
+    if not isinstance(on_disk, dict) or config_digest(on_disk) == config_digest(embedded):
+        return
+    raise ModelLoadError(
+        f"{path} is stale: {cfg_path} changed after the export "
+        f"({', '.join(config_differences(on_disk, embedded))} differ), so the ONNX and torch backends would "
+        f"decide differently. Refresh it with 'covidxray export --model {path.parent}', or use --backend torch"
+    )
 
 
 class OnnxBackend:
@@ -47,6 +66,7 @@ class OnnxBackend:
                 f"{path}: no '{CONFIG_KEY}' metadata; this ONNX file was not written by 'covidxray export'"
             )
         self.config: dict[str, Any] = json.loads(meta[CONFIG_KEY])
+        _refuse_stale(Path(path), self.config)
         arch = self.config.get("architecture", {})
         self.version = (
             meta.get(VERSION_KEY) or f"{arch.get('name', 'model')}@{self.config.get('created', '')}"

@@ -25,7 +25,7 @@ from covidxray.imageio import ImageLoadError, LoadedImage
 from covidxray.prediction.backend import Backend, decide_label, decision_rule
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
-from covidxray.preprocess import Preprocessing
+from covidxray.preprocess import NewerPreprocessingError, Preprocessing
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -216,7 +216,12 @@ def load_predictor(path: str | Path | None = None, backend: str = "torch", stric
     if backend == "onnx":
         from covidxray.prediction.onnx_backend import OnnxBackend
 
-        return Predictor(OnnxBackend(p), strict=strict)
-    from covidxray.prediction.torch_backend import TorchBackend
+        loaded: Backend = OnnxBackend(p)
+    else:
+        from covidxray.prediction.torch_backend import TorchBackend
 
-    return Predictor(TorchBackend(p), strict=strict)
+        loaded = TorchBackend(p)
+    try:
+        return Predictor(loaded, strict=strict)
+    except NewerPreprocessingError as exc:  # an ONNX file from a newer covidxray (a bundle fails earlier)
+        raise ModelLoadError(f"{p}: {exc}") from exc
