@@ -12,8 +12,8 @@ import covidxray
 from covidxray.bundle import BundleError, config_digest, load_bundle, read_config
 from covidxray.cli import main
 from covidxray.data.manifest import read_manifest
-from covidxray.preprocess import NewerPreprocessingError, Preprocessing
 from covidxray.prediction.backend import ModelLoadError
+from covidxray.preprocess import NewerPreprocessingError, Preprocessing
 from test_evaluation_end_to_end import write_manifest
 
 
@@ -45,9 +45,16 @@ def test_evaluate_rewrites_the_operating_point_and_the_onnx_export_follows(expor
     op = read_config(exported).operating_point
     assert op and op["threshold"] is not None
     after = onnx_meta(exported / "model.onnx")
-    assert json.loads(after["operating_point"]) == op and f"p(covid) >= {op['threshold']:.4g}" in after["decision_rule"]
+    assert (
+        json.loads(after["operating_point"]) == op
+        and f"p(covid) >= {op['threshold']:.4g}" in after["decision_rule"]
+    )
     on_disk = json.loads((exported / "config.json").read_text())
-    assert after["covidxray.config_sha256"] == config_digest(on_disk) == config_digest(json.loads(after["covidxray.config"]))
+    assert (
+        after["covidxray.config_sha256"]
+        == config_digest(on_disk)
+        == config_digest(json.loads(after["covidxray.config"]))
+    )
     df = read_manifest(manifest)
     images = [Path(df.attrs["root"]) / p for p in df["path"]]
     onnx_pred = covidxray.load_model(exported / "model.onnx", backend="onnx")
@@ -60,7 +67,9 @@ def test_evaluate_rewrites_the_operating_point_and_the_onnx_export_follows(expor
     assert argmax != onnx_labels
 
 
-def test_a_config_changed_behind_the_export_is_refused_with_the_command_that_fixes_it(exported, tmp_path, capsys):
+def test_a_config_changed_behind_the_export_is_refused_with_the_command_that_fixes_it(
+    exported, tmp_path, capsys
+):
     cfg = json.loads((exported / "config.json").read_text())
     cfg["operating_point"] = {"class": "covid", "threshold": 0.01}  # written by hand / an older covidxray
     (exported / "config.json").write_text(json.dumps(cfg))
@@ -91,15 +100,17 @@ def test_unknown_preprocessing_settings_are_refused_not_dropped():
         Preprocessing.from_dict({**d, "resize": "future_mode"})
 
 
-def test_a_newer_bundle_is_refused_by_every_loader(exported, tmp_path, capsys):
+def test_a_newer_bundle_is_refused_by_every_loader(exported, xray_png, capsys):
     cfg = json.loads((exported / "config.json").read_text())
     cfg["preprocessing"]["clahe_clip"] = 2.0
     (exported / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(BundleError, match=r"config.json: format version 1: .*'clahe_clip'.*upgrade covidxray"):
+    with pytest.raises(
+        BundleError, match=r"config.json: format version 1: .*'clahe_clip'.*upgrade covidxray"
+    ):
         load_bundle(exported)
     with pytest.raises(ModelLoadError, match="clahe_clip"):
         covidxray.load_model(exported)
-    assert main(["predict", "--images", str(tmp_path), "--model", str(exported)]) == 5
+    assert main(["predict", "--image", str(xray_png), "--model", str(exported)]) == 5
     assert "upgrade covidxray" in capsys.readouterr().err
     # an ONNX file written by that newer covidxray (its embedded config) is refused too
     from covidxray.bundle import refresh_onnx_metadata

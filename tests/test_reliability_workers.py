@@ -35,7 +35,9 @@ def test_manifest_fingerprints_and_cache_bytes_do_not_depend_on_workers(data_roo
     pre = Preprocessing(image_size=96)
     caches = {w: load_cache(df, pre, tmp_path / f"w{w}", workers=w, progress=False) for w in (1, 2)}
     files = {w: next((tmp_path / f"w{w}").glob("*.npy")) for w in (1, 2)}
-    assert files[1].name == files[2].name  # the same cache file name: a run finds it whatever its worker count
+    assert (
+        files[1].name == files[2].name
+    )  # the same cache file name: a run finds it whatever its worker count
     assert files[1].read_bytes() == files[2].read_bytes()
     assert caches[1].shape == (len(paths), 96, 96) and np.ptp(caches[1]) > 0
 

@@ -30,7 +30,15 @@ ONNX_FILE = "model.onnx"
 ONNX_CONFIG_KEY = "covidxray.config"  # the whole config.json, as it was when the ONNX file was written
 ONNX_CONFIG_HASH_KEY = "covidxray.config_sha256"  # config_digest() of that config
 # config.json keys that do not change what a model outputs or decides: editing them leaves an export valid
-INFORMATIONAL_KEYS = ("training", "data", "metrics", "versions", "created", "intended_use", "not_for_clinical_use")
+INFORMATIONAL_KEYS = (
+    "training",
+    "data",
+    "metrics",
+    "versions",
+    "created",
+    "intended_use",
+    "not_for_clinical_use",
+)
 BACKENDS = ("torch", "onnx")  # what runs a model: the bundle through PyTorch, or its ONNX export
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 INTENDED_USE = (
