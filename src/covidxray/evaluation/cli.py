@@ -30,6 +30,19 @@ def resolve_bundle(path: str | Path) -> Path:
     )
 
 
+DEFAULT_MODEL_EVALUATION_DIR = Path("runs/evaluation-default")
+
+
+def shipped_bundle() -> Path:
+    """The shipped default model's bundle folder (what ``predict`` uses without ``--model``)."""
+    from covidxray.prediction.predictor import ModelLoadError, resolve_model_path
+
+    try:
+        return resolve_model_path(None, "torch")
+    except ModelLoadError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
+
+
 def default_evaluation_dir(bundle: Path) -> Path:
     """Where ``evaluate`` writes by default and ``compare`` looks: ``<run>/evaluation`` for ``<run>/model``."""
     return bundle.parent / "evaluation"
@@ -95,10 +108,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
     from covidxray.evaluation.summary import summary_lines
 
-    bundle = resolve_bundle(args.model)
+    store = not args.no_store_operating_point
+    if args.model is None:  # the shipped model: evaluate it, never rewrite it
+        bundle = shipped_bundle()
+        out = Path(args.out) if args.out else DEFAULT_MODEL_EVALUATION_DIR
+        store = False
+    else:
+        bundle = resolve_bundle(args.model)
+        out = Path(args.out) if args.out else default_evaluation_dir(bundle)
     df = read_manifest_or_fail(args.manifest)
-    out = Path(args.out) if args.out else default_evaluation_dir(bundle)
-    options = _options(args, split=args.split, store_operating_point=not args.no_store_operating_point)
+    options = _options(args, split=args.split, store_operating_point=store)
     try:
         result = evaluate(bundle, df, out, args.cache_dir, options, manifest_path=args.manifest)
     except BundleError as exc:
@@ -315,7 +334,11 @@ def _register_evaluate(subparsers) -> None:
             + NOT_FOR_CLINICAL_USE
         ),
     )
-    p.add_argument("--model", required=True, help="a run folder (with model/) or a bundle folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a run folder (with model/) or a bundle folder (default: the shipped model, never modified)",
+    )
     p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray data build)")
     p.add_argument(
         "--split",
@@ -323,7 +346,12 @@ def _register_evaluate(subparsers) -> None:
         choices=("train", "val", "test", "all"),
         help="rows to evaluate (default: %(default)s)",
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/evaluation)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: <run>/evaluation; runs/evaluation-default for the shipped model)",
+    )
     p.add_argument(
         "--no-store-operating-point",
         action="store_true",

@@ -57,6 +57,59 @@ def _arrays(df: pd.DataFrame, probs: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def operating_points_section(
+    config: Any,
+    classes: list[str],
+    test: dict[str, np.ndarray],
+    val: dict[str, np.ndarray] | None,
+    op: Any,
+    o: EvaluationOptions,
+) -> dict[str, Any]:
+    """Sensitivity / specificity (patient-bootstrap intervals) at every operating point on the evaluated rows.
+
+    With validation rows the points are chosen there (``chosen``: screening + balanced, to be stored); without,
+    the bundle's stored points are applied, so another site's images are judged at the decision the model makes.
+    """
+    from covidxray.decision import SCREENING
+    from covidxray.evaluation.operating_point import apply_operating_points, choose_operating_points
+
+    stored, stored_decision = dict(config.operating_points), config.decision
+    out: dict[str, Any] = {}
+    if op is not None and val is not None:
+        k = classes.index(o.operating_class)
+        points = choose_operating_points(
+            np.asarray(val["labels"], dtype=str) == o.operating_class,
+            val["probs"][:, k],
+            val["patient_ids"],
+            cls=o.operating_class,
+            screening_sensitivity=o.target_sensitivity,
+            description=f"the '{o.val_split}' split",
+            n_resamples=o.n_resamples,
+            seed=o.seed,
+        )
+        out.update(source=f"chosen on the '{o.val_split}' split", chosen=points)
+        out["decision"] = stored_decision if stored_decision in points else SCREENING
+    elif stored:
+        points = stored
+        out.update(source="stored in the bundle", decision=stored_decision)
+    else:
+        return {"reason": "the model stores no operating point and there are no validation rows to choose one on"}
+    out["points"] = apply_operating_points(
+        points,
+        classes,
+        test["labels"],
+        test["probs"],
+        test["patient_ids"],
+        f"the '{o.split}' split",
+        o.n_resamples,
+        o.seed,
+    )
+    for name, applied in out["points"].items():
+        applied["chosen_on"] = points[name].get("chosen_on")
+        applied["decides"] = name == out["decision"]
+    return out
+
+
 def evaluate(
     bundle_path: str | Path,
     manifest_df: pd.DataFrame,
@@ -74,7 +127,7 @@ def evaluate(
     the evaluated rows, and stored in the bundle's ``config.json`` unless ``options.store_operating_point`` is
     False. Images come from the cache of the whole manifest. Returns the metrics dictionary (``metrics.json``).
     """
-    from covidxray.bundle import load_bundle, update_bundle
+    from covidxray.bundle import load_bundle, set_operating_points
     from covidxray.evaluation.evaluate_report import evaluation_report
     from covidxray.evaluation.inference import run_inference
 
@@ -115,9 +168,11 @@ def evaluate(
         if len(val_df):
             val = _arrays(val_df, infer(val_df))
     section, op = operating_point_metrics(classes, test, val, o)
-    if op is not None and o.store_operating_point:
-        update_bundle(bundle.path, operating_point=op.bundle_entry())
-        section["stored_in_bundle"] = str(bundle.path)
+    result["operating_points"] = operating_points_section(bundle.config, classes, test, val, op, o)
+    if op is not None and o.store_operating_point and "recalibration" not in bundle.config.extra:
+        ops = result["operating_points"]
+        set_operating_points(bundle.path, ops["chosen"], ops["decision"])
+        section["stored_in_bundle"] = ops["stored_in_bundle"] = str(bundle.path)
     result["operating_point"] = section
     result["model"] = {
         "bundle": str(Path(bundle.path).resolve()),

@@ -9,10 +9,11 @@ operating point, input guard):
 
 How the label is decided
 ------------------------
-Without an operating point the label is the most probable class. When the bundle stores an operating point
-(``{"class": "covid", "threshold": t, ...}``, chosen on validation data by ``covidxray evaluate`` for a target
-sensitivity), the label is that class whenever its probability is ``>= t``; otherwise it is the most probable of
-the *other* classes. ``Prediction.covid_threshold`` then holds ``t`` (None when the plain argmax was used). The
+Without an operating point the label is the most probable class. A bundle stores named operating points
+(``screening``, ``balanced``, maybe ``site``; see :mod:`covidxray.decision`) and the name of the one that decides:
+the label is that point's class whenever its probability is ``>= t``; otherwise it is the most probable of the
+*other* classes. ``Prediction.decision`` says which point decided, its threshold, the probability compared with it
+and why in words; ``Prediction.covid_threshold`` holds ``t`` (None when the plain argmax was used). The
 probabilities themselves are never changed.
 """
 
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 import covidxray
+from covidxray.decision import Decision, decide, read_operating_points, rule_in_words
 from covidxray.imageio import ImageLoadError, LoadedImage
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
@@ -58,6 +60,7 @@ class Prediction:
     error: str | None = None
     error_reason: str | None = None
     covid_threshold: float | None = None
+    decision: dict[str, Any] | None = None  # Decision.to_dict(): point, class, threshold, probability, explanation
 
     @property
     def ok(self) -> bool:
@@ -81,28 +84,16 @@ class Backend(Protocol):
 def decide_label(
     probabilities: np.ndarray, classes: list[str], operating_point: dict[str, Any] | None
 ) -> tuple[str, float | None]:
-    """The label of one probability vector and the operating-point threshold used (None for argmax)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    if operating_point and operating_point.get("threshold") is not None:
-        cls = operating_point.get("class", "covid")
-        if cls in classes:
-            k = classes.index(cls)
-            t = float(operating_point["threshold"])
-            if p[k] >= t:
-                return cls, t
-            others = p.copy()
-            others[k] = -np.inf
-            return classes[int(np.argmax(others))], t
-    return classes[int(np.argmax(p))], None
+    """The label of one probability vector under one operating point, and its threshold (None for argmax)."""
+    points, decision = read_operating_points({"operating_point": operating_point})
+    label, d = decide(probabilities, classes, points, decision)
+    return label, d.threshold
 
 
-def decision_rule(classes: list[str], operating_point: dict[str, Any] | None) -> str:
-    """:func:`decide_label` in words."""
-    op = operating_point
-    if op and op.get("threshold") is not None and op.get("class", "covid") in classes:
-        cls = op.get("class", "covid")
-        return f"{cls} when p({cls}) >= {float(op['threshold']):.4g}, otherwise the most probable other class"
-    return "the most probable class"
+def decision_rule(config: dict[str, Any]) -> str:
+    """How a model's label follows from its probabilities, naming the deciding operating point."""
+    points, decision = read_operating_points(config)
+    return rule_in_words(list(config["classes"]), points, decision)
 
 
 class Predictor:
@@ -116,7 +107,10 @@ class Predictor:
         self.config = backend.config
         self.classes: list[str] = list(self.config["classes"])
         self.preprocessing = Preprocessing.from_dict(self.config["preprocessing"])
-        self.operating_point: dict[str, Any] | None = self.config.get("operating_point")
+        self.operating_points, self.decision = read_operating_points(self.config)
+        self.operating_point: dict[str, Any] | None = (
+            self.operating_points.get(self.decision) if self.decision else None
+        )  # the deciding point
         self.guard = InputGuard.from_config(self.config.get("guard"))
         self.strict = strict
         self._explainer = None
@@ -186,14 +180,19 @@ class Predictor:
                 error_reason="refused",
                 error="refused by the input guard: " + "; ".join(warnings),
             )
-        label, threshold = decide_label(probs, self.classes, self.operating_point)
+        label, decision = self.decide(probs)
         return Prediction(
             name,
             label,
             {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
             warnings,
-            covid_threshold=threshold,
+            covid_threshold=decision.threshold,
+            decision=decision.to_dict(label),
         )
+
+    def decide(self, probabilities: np.ndarray) -> tuple[str, Decision]:
+        """The label of one probability vector and the :class:`~covidxray.decision.Decision` behind it."""
+        return decide(probabilities, self.classes, self.operating_points, self.decision)
 
     # -- explanation ---------------------------------------------------------------------------------------
     def explain(self, image: ImageInput) -> bytes:
@@ -207,7 +206,7 @@ class Predictor:
             self._explainer = GradCamExplainer(self.backend.model, self.preprocessing, self.classes)  # type: ignore[attr-defined]
         img = to_loaded_image(image)
         probs, _ = self.backend.run(self.preprocessing(img.pixels)[None])
-        label, _ = decide_label(probs[0], self.classes, self.operating_point)
+        label, _ = self.decide(probs[0])
         return self._explainer.overlay_png(img, label, float(probs[0][self.classes.index(label)]))
 
     # -- model card ----------------------------------------------------------------------------------------
@@ -226,6 +225,8 @@ class Predictor:
             "versions": c.get("versions", {}),
             "metrics": c.get("metrics", {}),
             "operating_point": self.operating_point,
+            "operating_points": self.operating_points,
+            "decision": self.decision,
             "decision_rule": self.decision_rule(),
             "data": c.get("data", {}),
             "training": c.get("training", {}),
@@ -247,7 +248,8 @@ class Predictor:
         }
 
     def decision_rule(self) -> str:
-        return decision_rule(self.classes, self.operating_point)
+        """How the label follows from the probabilities, naming the deciding operating point."""
+        return rule_in_words(self.classes, self.operating_points, self.decision)
 
     def __repr__(self) -> str:
         return f"Predictor({self.backend.version!r}, backend={self.backend.name!r}, classes={self.classes})"
