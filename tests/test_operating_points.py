@@ -72,7 +72,9 @@ def test_old_single_point_reads_as_deciding_screening_point() -> None:
     assert decision == "screening" and points["screening"]["threshold"] == 0.2
     label, d = decide(np.array([0.15, 0.25, 0.6]), ["covid", "normal", "pneumonia"], points, decision)
     assert label == "pneumonia" and d.point == "screening" and d.met is False
-    assert "p(covid) = 0.150 < threshold 0.200" in d.explain(label) and "sensitivity>=0.95" in d.explain(label)
+    assert "p(covid) = 0.150 < threshold 0.200" in d.explain(label) and "sensitivity>=0.95" in d.explain(
+        label
+    )
 
 
 def test_set_operating_points_round_trip_and_decision(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -101,7 +103,11 @@ def test_prediction_names_the_deciding_point(tiny_bundle: Path, tmp_path: Path, 
     pc = load_model(copy).predict(xray_png).probabilities["covid"]
     points = {
         "screening": {"class": "covid", "threshold": max(pc - 0.01, 0.0), "rule": "sensitivity>=0.95"},
-        "balanced": {"class": "covid", "threshold": min(pc + 0.01, 1.0), "rule": "max min(sensitivity,specificity)"},
+        "balanced": {
+            "class": "covid",
+            "threshold": min(pc + 0.01, 1.0),
+            "rule": "max min(sensitivity,specificity)",
+        },
     }
     set_operating_points(copy, points, "screening")
     pred = load_model(copy).predict(xray_png)

@@ -91,7 +91,9 @@ def test_evaluate_without_model_applies_the_stored_operating_points(site_manifes
     shipped = read_config(DEFAULT_MODEL_DIR)
     assert ops["source"] == "stored in the bundle" and ops["decision"] == shipped.decision
     deciding = ops["points"][shipped.decision]
-    assert deciding["decides"] and deciding["threshold"] == pytest.approx(shipped.operating_point["threshold"])
+    assert deciding["decides"] and deciding["threshold"] == pytest.approx(
+        shipped.operating_point["threshold"]
+    )
     assert deciding["n_images"] == metrics["data"]["n_images"] and deciding["specificity"]["ci"] is not None
     assert "<- decides" in printed and "Decision at each operating point" in (out / "report.md").read_text()
     assert (DEFAULT_MODEL_DIR / "config.json").read_bytes() == before  # the shipped model is never rewritten
@@ -104,7 +106,8 @@ def test_recalibrate_writes_a_bundle_whose_torch_and_onnx_decisions_agree(site_m
 
     out = tmp_path / "hospitalA-model"
     argv = ["recalibrate", "--manifest", str(site_manifest), "--split", "train", "--out", str(out),
-            "--target-specificity", "0.9", "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "100"]  # fmt: skip
+            "--target-specificity", "0.9", "--temperature", "--cache-dir", str(tmp_path / "cache"),
+            "--bootstrap", "100"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "decision: site" in printed and "after" in printed
@@ -131,6 +134,14 @@ def test_recalibrate_writes_a_bundle_whose_torch_and_onnx_decisions_agree(site_m
     np.testing.assert_allclose(
         [p.probabilities["covid"] for p in a], [p.probabilities["covid"] for p in b], atol=1e-4
     )
+    # temperature scaling folded into the last layer: the parent's probabilities at temperature T, exactly
+    from covidxray.prediction.recalibrate import apply_temperature
+
+    t = prov["temperature"]
+    assert t > 0 and "divided by T" in prov["weights"]
+    parent = np.array([list(p.probabilities.values()) for p in load_model().predict_batch(images[:5])])
+    new = np.array([list(p.probabilities.values()) for p in a[:5]])
+    np.testing.assert_allclose(new, apply_temperature(parent, t), atol=1e-5)
 
 
 def test_recalibrate_refuses_a_calibration_set_without_both_classes(site_manifest, tmp_path, capsys):

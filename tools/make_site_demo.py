@@ -52,7 +52,9 @@ def main() -> None:
         w = csv.writer(fh)
         w.writerow(["image", "patient_id"])
         w.writerows(rows)
-    print(f"{site}: {sum(1 for r in rows if r[0].startswith('normal'))} normal, {len(covid)} covid (symlinks)")
+    print(
+        f"{site}: {sum(1 for r in rows if r[0].startswith('normal'))} normal, {len(covid)} covid (symlinks)"
+    )
 
 
 if __name__ == "__main__":

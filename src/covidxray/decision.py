@@ -196,7 +196,9 @@ def rule_in_words(classes: list[str], points: dict[str, dict[str, Any]], decisio
         cls = point.get("class", "covid")
         rule = point_rule(point)
         where = chosen_on_text(point)
-        why = f"{decision} operating point" + (f", {rule}" if rule else "") + (f" on {where}" if where else "")
+        why = (
+            f"{decision} operating point" + (f", {rule}" if rule else "") + (f" on {where}" if where else "")
+        )
         return (
             f"{cls} when p({cls}) >= {float(point['threshold']):.4g}, otherwise the most probable other class "
             f"({why})"

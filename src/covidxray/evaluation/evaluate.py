@@ -93,7 +93,9 @@ def operating_points_section(
         points = stored
         out.update(source="stored in the bundle", decision=stored_decision)
     else:
-        return {"reason": "the model stores no operating point and there are no validation rows to choose one on"}
+        return {
+            "reason": "the model stores no operating point and there are no validation rows to choose one on"
+        }
     out["points"] = apply_operating_points(
         points,
         classes,

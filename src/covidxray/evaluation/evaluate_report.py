@@ -250,7 +250,9 @@ def evaluation_report(result: dict[str, Any]) -> Report:
     )
     report.heading("All sources", 2)
     add_group(report, result["overall"], "all sources")
-    add_operating_point(report, result.get("operating_point", {"reason": "not computed"}))
+    ops = result.get("operating_points") or {}
+    if "points" not in ops or "threshold" in result.get("operating_point", {}):
+        add_operating_point(report, result.get("operating_point", {"reason": "not computed"}))
     add_operating_points(report, result.get("operating_points"))
     add_site_curve(report, result.get("site_curve"))
     add_probe(report, result.get("probe"))

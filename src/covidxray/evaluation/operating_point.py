@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from covidxray.decision import point_rule
 from covidxray.evaluation.bootstrap import DEFAULT_RESAMPLES, Interval, patient_bootstrap, weighted_rates
 from covidxray.evaluation.metrics import counts
 
@@ -138,7 +139,9 @@ def rule_text(kind: str, target: float | None = None) -> str:
     if kind == "balanced":
         return BALANCED_RULE
     if kind not in ("sensitivity", "specificity") or target is None or not 0 < target <= 1:
-        raise ValueError(f"a rule is 'balanced' or sensitivity/specificity with a target in (0, 1], got {kind} {target}")
+        raise ValueError(
+            f"a rule is 'balanced' or sensitivity/specificity with a target in (0, 1], got {kind} {target}"
+        )
     return f"{kind}>={target:g}"
 
 
@@ -172,7 +175,9 @@ def _choose(thresholds: np.ndarray, sens: np.ndarray, spec: np.ndarray, kind: st
     else:
         m = np.minimum(sens, spec)
         best = np.nanmax(np.where(np.isnan(m), -np.inf, m), axis=1, keepdims=True)
-        tie = np.where(m >= best - eps, sens + spec, -np.inf)  # ties: larger sens + spec, then higher threshold
+        tie = np.where(
+            m >= best - eps, sens + spec, -np.inf
+        )  # ties: larger sens + spec, then higher threshold
         out = thresholds[np.argmax(tie, axis=1)]
     undefined = np.isnan(sens[:, -1]) | np.isnan(spec[:, 0])
     return np.where(undefined, np.nan, out)
@@ -297,7 +302,11 @@ def apply_operating_points(
         rates = rates_with_intervals(
             labels == cls, probs[:, k], float(point["threshold"]), patient_ids, n_resamples, seed
         )
-        out[name] = {"threshold": float(point["threshold"]), "rule": point.get("rule"), "description": description}
+        out[name] = {
+            "threshold": float(point["threshold"]),
+            "rule": point_rule(point),
+            "description": description,
+        }
         out[name].update(rates)
     return out
 
@@ -376,7 +385,11 @@ def site_size_curve(
             f"'{rule_text(kind, target)}' re-chooses the threshold on each draw, and its sensitivity and "
             f"specificity are measured on {measured_on}. Median and 2.5-97.5 % range over the draws; a narrow "
             "range means that many labelled images are enough for a stable threshold."
-            + (f" Sizes not possible with {y.size} calibration images: {skipped_sizes}." if skipped_sizes else "")
+            + (
+                f" Sizes not possible with {y.size} calibration images: {skipped_sizes}."
+                if skipped_sizes
+                else ""
+            )
         ),
         "rows": rows,
         "skipped_sizes": skipped_sizes,

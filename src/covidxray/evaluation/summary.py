@@ -27,12 +27,14 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         _row("accuracy", cell(overall["accuracy"])),
         _row("macro AUC", cell(overall["macro"]["roc_auc"])),
         _row("ECE", cell(overall["ece"])),
-        _row("class", "ROC AUC", "sensitivity", "specificity"),
+        _row("class", "ROC AUC", "sensitivity (arg-max)", "specificity (arg-max)"),
     ]
     for cls, m in overall["per_class"].items():
         lines.append(_row(cls, cell(m["roc_auc"]), cell(m["sensitivity"]), cell(m["specificity"])))
-    lines.append(_operating_point_line(metrics.get("operating_point")))
-    lines += operating_points_lines(metrics.get("operating_points"))
+    ops = metrics.get("operating_points")
+    if not (ops and "points" in ops and "threshold" not in (metrics.get("operating_point") or {})):
+        lines.append(_operating_point_line(metrics.get("operating_point")))
+    lines += operating_points_lines(ops)
     lines.append(_probe_line(metrics.get("probe")))
     lines += [f"WARNING: {w}" for w in metrics.get("warnings", [])]
     report = metrics.get("report", {})

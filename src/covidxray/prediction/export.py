@@ -25,9 +25,9 @@ from torch import nn
 
 from covidxray import NOT_FOR_CLINICAL_USE, __version__
 from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle
+from covidxray.decision import read_operating_points, rule_in_words
 from covidxray.models.base import XRayNet, logits_to_probabilities
 from covidxray.prediction.onnx_backend import CONFIG_KEY, INPUT_NAME, OUTPUTS, VERSION_KEY, make_session
-from covidxray.decision import read_operating_points, rule_in_words
 from covidxray.prediction.predictor import ModelLoadError, model_version
 from covidxray.preprocess import Preprocessing
 

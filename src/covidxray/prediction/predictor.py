@@ -60,7 +60,9 @@ class Prediction:
     error: str | None = None
     error_reason: str | None = None
     covid_threshold: float | None = None
-    decision: dict[str, Any] | None = None  # Decision.to_dict(): point, class, threshold, probability, explanation
+    decision: dict[str, Any] | None = (
+        None  # Decision.to_dict(): point, class, threshold, probability, explanation
+    )
 
     @property
     def ok(self) -> bool:

@@ -91,15 +91,19 @@ def recalibrate(
     test_split: str | None = "test",
     curve_sizes: tuple[int, ...] | None = None,
     onnx: bool = True,
+    decision: str | None = None,
 ) -> dict[str, Any]:
     """Re-tune the decision of the bundle at ``model_path`` (None: the shipped model) on ``split`` of a site's
     manifest and write the new bundle to ``out_dir``. Returns the facts written to ``recalibration.json``.
+
+    ``decision`` names the point that decides (screening, balanced, or site with a target); default: ``site``
+    when a target is given, otherwise the parent's deciding point's name.
 
     Raises :class:`CalibrationSetError` when the calibration rows lack COVID-19 or non-COVID images, ValueError
     for other unusable input.
     """
     from covidxray.bundle import WEIGHTS_FILE, load_bundle, save_bundle
-    from covidxray.decision import SCREENING, SITE
+    from covidxray.decision import BALANCED, SCREENING, SITE
     from covidxray.evaluation.evaluate import task_rows
     from covidxray.evaluation.evaluate_report import add_site_curve
     from covidxray.evaluation.inference import run_inference
@@ -114,6 +118,10 @@ def recalibrate(
     from covidxray.prediction.predictor import model_version, resolve_model_path
 
     target = _target(target_sensitivity, target_specificity)
+    if decision is not None and decision not in (SCREENING, BALANCED, SITE):
+        raise ValueError(f"--decision must be screening, balanced or site, got {decision!r}")
+    if decision == SITE and target is None:
+        raise ValueError("--decision site needs --target-sensitivity or --target-specificity")
     bundle_dir = resolve_model_path(model_path, "torch")
     bundle = load_bundle(bundle_dir)
     parent_cfg = bundle.config
@@ -144,6 +152,12 @@ def recalibrate(
         return run.probabilities
 
     p_cal_parent = infer(calib_df)
+    # the site's test rows (before / after), run now: with temperature the network's last layer changes below
+    test_df = None
+    if test_split and test_split != split and "split" in manifest_df.columns:
+        test_df, _ = task_rows(manifest_df, classes, test_split)
+        test_df = test_df if len(test_df) else None
+    p_test_parent = infer(test_df) if test_df is not None else None
     t_fit = None
     p_cal = p_cal_parent
     if temperature:
@@ -155,7 +169,8 @@ def recalibrate(
     points = choose_operating_points(
         y_cal, p_cal[:, k], pids, cls=cls, target=target, description=desc, n_resamples=n_resamples, seed=seed
     )
-    decision = SITE if target else (parent_cfg.decision if parent_cfg.decision in points else SCREENING)
+    if decision is None:
+        decision = SITE if target else (parent_cfg.decision if parent_cfg.decision in points else SCREENING)
 
     parent_version = model_version(parent_cfg.architecture, Path(bundle_dir) / WEIGHTS_FILE)
     provenance = {
@@ -198,20 +213,18 @@ def recalibrate(
     cfg.extra = {**cfg.extra, "recalibration": provenance}
     cfg.created = ""
     save_bundle(out, model, cfg)
-    result: dict[str, Any] = {"bundle": str(out.resolve()), "recalibration": provenance, "operating_points": points}
+    result: dict[str, Any] = {
+        "bundle": str(out.resolve()),
+        "recalibration": provenance,
+        "operating_points": points,
+    }
     if onnx:
         result["onnx"] = export_onnx(out, out / "model.onnx")
 
-    # before / after on the site's test rows, and the number-of-images curve
-    test_df = None
-    if test_split and test_split != split and "split" in manifest_df.columns:
-        test_df, _ = task_rows(manifest_df, classes, test_split)
-        test_df = test_df if len(test_df) else None
     parent_point = parent_cfg.operating_point
     new_point = points[decision]
     kind, value = _kind_target(new_point)
-    if test_df is not None:
-        p_test_parent = infer(test_df)
+    if test_df is not None and p_test_parent is not None:
         p_test = apply_temperature(p_test_parent, t_fit) if t_fit else p_test_parent
         y_test = test_df["label"].astype(str).to_numpy() == cls
         tp_ids = test_df["patient_id"].astype(str).to_numpy()
@@ -231,11 +244,20 @@ def recalibrate(
         comparison["after"] = {
             "point": decision,
             "threshold": float(new_point["threshold"]),
-            **rates_with_intervals(y_test, p_test[:, k], float(new_point["threshold"]), tp_ids, n_resamples, seed),
+            **rates_with_intervals(
+                y_test, p_test[:, k], float(new_point["threshold"]), tp_ids, n_resamples, seed
+            ),
         }
         result["test"] = comparison
         curve = site_size_curve(
-            y_cal, p_cal[:, k], y_test, p_test[:, k], kind, value, curve_sizes or DEFAULT_CURVE_SIZES, seed=seed
+            y_cal,
+            p_cal[:, k],
+            y_test,
+            p_test[:, k],
+            kind,
+            value,
+            curve_sizes or DEFAULT_CURVE_SIZES,
+            seed=seed,
         )
     else:
         curve = site_size_curve(y_cal, p_cal[:, k], None, None, kind, value, curve_sizes or DEFAULT_CURVE_SIZES,
@@ -283,7 +305,11 @@ def add_recalibration(report: Any, result: dict[str, Any]) -> None:
                 name + (" (decides)" if name == prov["decision"] else ""),
                 p["rule"],
                 f"{p['threshold']:.4f}"
-                + (f" [{p['threshold_ci'][0]:.4f}, {p['threshold_ci'][1]:.4f}]" if p.get("threshold_ci") else ""),
+                + (
+                    f" [{p['threshold_ci'][0]:.4f}, {p['threshold_ci'][1]:.4f}]"
+                    if p.get("threshold_ci")
+                    else ""
+                ),
                 format_rate(p["sensitivity"]),
                 format_rate(p["specificity"]),
             ]
@@ -306,5 +332,13 @@ def add_recalibration(report: Any, result: dict[str, Any]) -> None:
     for when in ("before", "after"):
         r = test.get(when)
         if r:
-            rows.append([when, r["point"], f"{r['threshold']:.4f}", format_rate(r["sensitivity"]), format_rate(r["specificity"])])
+            rows.append(
+                [
+                    when,
+                    r["point"],
+                    f"{r['threshold']:.4f}",
+                    format_rate(r["sensitivity"]),
+                    format_rate(r["specificity"]),
+                ]
+            )
     report.table(["", "deciding point", "threshold", "sensitivity", "specificity"], rows)

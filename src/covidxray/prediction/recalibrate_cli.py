@@ -34,13 +34,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="train", help="rows to re-tune on (default: %(default)s)")
     p.add_argument("--test-split", default="test", help="rows for before/after (default: %(default)s)")
     p.add_argument("--out", required=True, type=Path, help="folder for the new bundle")
-    p.add_argument("--site", default=None, help="site name recorded in the bundle (default: the manifest's source)")
+    p.add_argument(
+        "--site", default=None, help="site name recorded in the bundle (default: the manifest's source)"
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--target-sensitivity", type=_fraction, help="decide with the highest threshold reaching it")
+    g.add_argument(
+        "--target-sensitivity", type=_fraction, help="decide with the highest threshold reaching it"
+    )
     g.add_argument("--target-specificity", type=_fraction, help="decide with the lowest threshold keeping it")
+    p.add_argument(
+        "--decision",
+        choices=("screening", "balanced", "site"),
+        help="the point that decides (default: site with a target, else the model's own deciding point's name)",
+    )
     p.add_argument("--temperature", action="store_true", help="re-fit temperature scaling on the same images")
-    p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="image cache (default: %(default)s)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=Path("runs/cache"), help="image cache (default: %(default)s)"
+    )
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     p.set_defaults(func=_recalibrate)
@@ -60,7 +73,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
             args.model, df, args.out, split=args.split, site=args.site,
             target_sensitivity=args.target_sensitivity, target_specificity=args.target_specificity,
             temperature=args.temperature, cache_dir=args.cache_dir, n_resamples=args.bootstrap, seed=args.seed,
-            manifest_path=args.manifest, test_split=args.test_split, onnx=not args.no_onnx,
+            manifest_path=args.manifest, test_split=args.test_split, onnx=not args.no_onnx, decision=args.decision,
         )  # fmt: skip
     except (ModelLoadError, BundleError) as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
@@ -86,8 +99,9 @@ def _recalibrate(args: argparse.Namespace) -> int:
                     f"specificity {format_rate(r['specificity'])}"
                 )
     out = Path(args.out)
-    lines.append(f"wrote {out} (bundle + model.onnx), {out / RECALIBRATION_FILE}, {out / (REPORT_STEM + '.md')}")
+    lines.append(
+        f"wrote {out} (bundle + model.onnx), {out / RECALIBRATION_FILE}, {out / (REPORT_STEM + '.md')}"
+    )
     lines.append(NOT_FOR_CLINICAL_USE)
     print("\n".join(lines))
     return 0
-

@@ -17,7 +17,9 @@ class DecisionInfo(BaseModel):
     )
     class_: str | None = Field(None, alias="class", description="the class the threshold is on")
     threshold: float | None = None
-    probability: float | None = Field(None, description="the probability of that class, compared with threshold")
+    probability: float | None = Field(
+        None, description="the probability of that class, compared with threshold"
+    )
     met: bool | None = Field(None, description="probability >= threshold")
     rule: str | None = Field(None, description="how the threshold was chosen, e.g. sensitivity>=0.95")
     chosen_on: str | None = Field(None, description="on which images the threshold was chosen")

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
-
 import yaml
 
 from covidxray.data.sources.base import LABELS, Candidate, SourceScan, image_files, normalise_name
@@ -125,7 +124,9 @@ def scan(directory: Path, source: str, label_map: Mapping[str, str] | None = Non
                     label=label,
                     finding=class_dir.name,
                     subtype=subtype,
-                    patient_id=f"{source}:{pid}" if pid else f"{source}:{Path(rel).with_suffix('').as_posix()}",
+                    patient_id=f"{source}:{pid}"
+                    if pid
+                    else f"{source}:{Path(rel).with_suffix('').as_posix()}",
                     patient_known=pid is not None,
                 )
             )
