@@ -107,7 +107,7 @@ def test_recalibrate_writes_a_bundle_whose_torch_and_onnx_decisions_agree(site_m
     out = tmp_path / "hospitalA-model"
     argv = ["recalibrate", "--manifest", str(site_manifest), "--split", "train", "--out", str(out),
             "--target-specificity", "0.9", "--temperature", "--cache-dir", str(tmp_path / "cache"),
-            "--bootstrap", "100"]  # fmt: skip
+            "--bootstrap", "100", "--curve-sizes", "10", "20"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "decision: site" in printed and "after" in printed
@@ -120,7 +120,9 @@ def test_recalibrate_writes_a_bundle_whose_torch_and_onnx_decisions_agree(site_m
     assert cfg["decision"] == "site" and cfg["operating_points"]["site"]["rule"] == "specificity>=0.9"
     assert len(cfg["operating_points"]["site"]["threshold_ci"]) == 2
     assert cfg["operating_points"]["site"]["chosen_on"]["n_images"] == n_train
-    assert (out / "recalibration.md").is_file() and "before" in (out / "recalibration.md").read_text()
+    report = (out / "recalibration.md").read_text()
+    assert "| before | screening |" in report and "| after | site |" in report
+    assert "How many site images" in report and (out / "figures" / "site_curve.png").stat().st_size > 1000
 
     torch_model, onnx_model = load_model(out), load_model(out, backend="onnx")
     assert onnx_model.decision == "site" and onnx_model.operating_point["threshold"] == pytest.approx(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from covidxray.evaluation.figures import confusion_matrix_png, reliability_png, roc_curves_png
+from covidxray.evaluation.figures import confusion_matrix_png, reliability_png, roc_curves_png, site_curve_png
 from covidxray.evaluation.metrics import CLASS_METRICS
 from covidxray.evaluation.probe import EXPLANATION
 from covidxray.evaluation.report import Figure, Report, fmt
@@ -145,6 +145,9 @@ def add_site_curve(report: Report, curve: dict[str, Any] | None) -> None:
             for r in curve["rows"]
         ],
     )
+    if curve["rows"]:
+        png = site_curve_png(curve["rows"], f"re-tuned threshold ({curve['rule']}) vs number of site images")
+        report.figures([Figure("site_curve", png, "Sensitivity and specificity vs number of site images")])
 
 
 def add_operating_point(report: Report, op: dict[str, Any]) -> None:

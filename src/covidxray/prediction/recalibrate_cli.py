@@ -55,6 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (default: 1000)"
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument(
+        "--curve-sizes",
+        type=int,
+        nargs="+",
+        default=[25, 50, 100, 200, 400],
+        metavar="N",
+        help="numbers of site images for the how-many-images curve (default: 25 50 100 200 400)",
+    )
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     p.set_defaults(func=_recalibrate)
 
@@ -74,6 +82,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
             target_sensitivity=args.target_sensitivity, target_specificity=args.target_specificity,
             temperature=args.temperature, cache_dir=args.cache_dir, n_resamples=args.bootstrap, seed=args.seed,
             manifest_path=args.manifest, test_split=args.test_split, onnx=not args.no_onnx, decision=args.decision,
+            curve_sizes=tuple(args.curve_sizes),
         )  # fmt: skip
     except (ModelLoadError, BundleError) as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
