@@ -107,6 +107,7 @@ def site_curve_png(rows: Sequence[dict], title: str) -> bytes:
         )
         ax.plot(n, med, marker="o", color=colour, label=f"{name} (median, 95 % range)")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(n, [str(v) for v in n])
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("labelled site images used to choose the threshold")
