@@ -57,6 +57,23 @@ def _arrays(df: pd.DataFrame, probs: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def points_kept(config: Any) -> str | None:
+    """Why ``evaluate`` must not replace the bundle's operating points (None: it may).
+
+    ``evaluate`` replaces only points it chose itself on a split (their ``chosen_on`` names one); points from
+    ``covidxray recalibrate`` or :func:`covidxray.bundle.set_operating_points` (e.g. chosen on pooled
+    leave-one-source-out predictions) are kept.
+    """
+    if "recalibration" in config.extra:
+        return "the bundle was re-tuned for a site by 'covidxray recalibrate'; its points are kept"
+    for name, point in config.operating_points.items():
+        chosen = point.get("chosen_on")
+        if not (isinstance(chosen, dict) and chosen.get("split")):
+            where = chosen.get("description") if isinstance(chosen, dict) else chosen
+            return f"the bundle's '{name}' point was chosen on {where or 'other data'}; its points are kept"
+    return None
+
+
 def operating_points_section(
     config: Any,
     classes: list[str],
@@ -67,8 +84,9 @@ def operating_points_section(
 ) -> dict[str, Any]:
     """Sensitivity / specificity (patient-bootstrap intervals) at every operating point on the evaluated rows.
 
-    With validation rows the points are chosen there (``chosen``: screening + balanced, to be stored); without,
-    the bundle's stored points are applied, so another site's images are judged at the decision the model makes.
+    With validation rows the points are chosen there (``chosen``: screening + balanced, to be stored); without
+    (or when ``val`` is None because the bundle's points must be kept, see :func:`points_kept`), the bundle's
+    stored points are applied, so another site's images are judged at the decision the model makes.
     """
     from covidxray.decision import SCREENING
     from covidxray.evaluation.operating_point import apply_operating_points, choose_operating_points
@@ -87,6 +105,8 @@ def operating_points_section(
             n_resamples=o.n_resamples,
             seed=o.seed,
         )
+        for point in points.values():
+            point["chosen_on"]["split"] = o.val_split
         out.update(source=f"chosen on the '{o.val_split}' split", chosen=points)
         out["decision"] = stored_decision if stored_decision in points else SCREENING
     elif stored:
@@ -170,11 +190,14 @@ def evaluate(
         if len(val_df):
             val = _arrays(val_df, infer(val_df))
     section, op = operating_point_metrics(classes, test, val, o)
-    result["operating_points"] = operating_points_section(bundle.config, classes, test, val, op, o)
-    if op is not None and o.store_operating_point and "recalibration" not in bundle.config.extra:
-        ops = result["operating_points"]
+    kept = points_kept(bundle.config)
+    ops = operating_points_section(bundle.config, classes, test, None if kept else val, op, o)
+    if kept:
+        ops["kept"] = kept
+    elif op is not None and o.store_operating_point:
         set_operating_points(bundle.path, ops["chosen"], ops["decision"])
         section["stored_in_bundle"] = ops["stored_in_bundle"] = str(bundle.path)
+    result["operating_points"] = ops
     result["operating_point"] = section
     result["model"] = {
         "bundle": str(Path(bundle.path).resolve()),

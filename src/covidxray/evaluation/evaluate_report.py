@@ -100,6 +100,7 @@ def add_operating_points(report: Report, ops: dict[str, Any] | None) -> None:
         f"Operating points {ops['source']}; the label is decided by '{ops['decision']}' (its class when its "
         "probability >= threshold, otherwise the most probable other class). Sensitivity and specificity of "
         "that rule on the evaluated images, with 95 % patient-bootstrap intervals."
+        + (f" Not re-chosen: {ops['kept']}." if ops.get("kept") else "")
     )
     rows = []
     for name, r in ops["points"].items():

@@ -63,6 +63,8 @@ def operating_points_lines(ops: dict[str, Any] | None) -> list[str]:
     if "points" not in ops:
         return [f"operating points: none ({ops.get('reason', 'not computed')})"]
     lines = [f"operating points ({ops['source']}; decision: {ops['decision']}):"]
+    if ops.get("kept"):
+        lines[0] += f" [{ops['kept']}]"
     for name, r in ops["points"].items():
         if "threshold" not in r:
             lines.append(f"  {name}: {r.get('reason', 'n/a')}")
