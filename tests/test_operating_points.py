@@ -122,15 +122,16 @@ def test_prediction_names_the_deciding_point(tiny_bundle: Path, tmp_path: Path, 
 def test_evaluate_keeps_points_chosen_elsewhere(tiny_bundle: Path, tmp_path: Path) -> None:
     """Points stored with set_operating_points (e.g. on pooled leave-one-source-out predictions) survive an
     evaluation with validation rows; they are applied instead of being replaced by val-chosen ones."""
-    from test_evaluation_end_to_end import write_manifest
-
     from covidxray.data.manifest import read_manifest
     from covidxray.evaluation.evaluate import EvaluationOptions, evaluate
+    from test_evaluation_end_to_end import write_manifest
 
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)
     y, p = _scores()
-    set_operating_points(copy, choose_operating_points(y, p, description="pooled LOSO", n_resamples=50), "balanced")
+    set_operating_points(
+        copy, choose_operating_points(y, p, description="pooled LOSO", n_resamples=50), "balanced"
+    )
     before = (copy / "config.json").read_text()
     (tmp_path / "data").mkdir()
     df = read_manifest(write_manifest(tmp_path / "data"))
