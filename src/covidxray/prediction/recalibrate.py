@@ -218,8 +218,6 @@ def recalibrate(
         "recalibration": provenance,
         "operating_points": points,
     }
-    if onnx:
-        result["onnx"] = export_onnx(out, out / "model.onnx")
 
     parent_point = parent_cfg.operating_point
     new_point = points[decision]
@@ -268,7 +266,7 @@ def recalibrate(
     from covidxray.bundle import write_config
 
     write_config(out, cfg)
-    if onnx:  # the ONNX metadata carries the config: export again so it holds the final provenance too
+    if onnx:  # after the final config: the ONNX metadata carries it
         result["onnx"] = export_onnx(out, out / "model.onnx")
 
     report = Report(f"Recalibration for site '{site}'")
