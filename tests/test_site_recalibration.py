@@ -77,8 +77,7 @@ def site_manifest(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_evaluate_without_model_applies_the_stored_operating_points(site_manifest, tmp_path, capsys):
-    from covidxray.bundle import read_config
-    from covidxray.prediction.predictor import DEFAULT_MODEL_DIR
+    from covidxray.bundle import DEFAULT_MODEL_DIR, read_config
 
     before = (DEFAULT_MODEL_DIR / "config.json").read_bytes()
     out = tmp_path / "eval"

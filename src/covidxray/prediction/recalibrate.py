@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.about import NOT_FOR_CLINICAL_USE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -102,20 +102,20 @@ def recalibrate(
     Raises :class:`CalibrationSetError` when the calibration rows lack COVID-19 or non-COVID images, ValueError
     for other unusable input.
     """
-    from covidxray.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+    from covidxray.bundle import WEIGHTS_FILE, load_bundle, resolve_model_path, save_bundle
     from covidxray.decision import BALANCED, SCREENING, SITE
+    from covidxray.evaluation.document import Report
     from covidxray.evaluation.evaluate import task_rows
-    from covidxray.evaluation.evaluate_report import add_site_curve
     from covidxray.evaluation.inference import run_inference
+    from covidxray.evaluation.metrics_report import add_site_curve
     from covidxray.evaluation.operating_point import (
         DEFAULT_CURVE_SIZES,
         choose_operating_points,
         rates_with_intervals,
         site_size_curve,
     )
-    from covidxray.evaluation.report import Report
+    from covidxray.prediction.backend import weights_version
     from covidxray.prediction.export import export_onnx
-    from covidxray.prediction.predictor import model_version, resolve_model_path
 
     target = _target(target_sensitivity, target_specificity)
     if decision is not None and decision not in (SCREENING, BALANCED, SITE):
@@ -172,7 +172,7 @@ def recalibrate(
     if decision is None:
         decision = SITE if target else (parent_cfg.decision if parent_cfg.decision in points else SCREENING)
 
-    parent_version = model_version(parent_cfg.architecture, Path(bundle_dir) / WEIGHTS_FILE)
+    parent_version = weights_version(parent_cfg.architecture, Path(bundle_dir) / WEIGHTS_FILE)
     provenance = {
         "site": site,
         "manifest": str(Path(manifest_path).resolve()) if manifest_path else None,

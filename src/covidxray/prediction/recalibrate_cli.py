@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from covidxray import NOT_FOR_CLINICAL_USE
-from covidxray.cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, CLIError
+from covidxray.about import NOT_FOR_CLINICAL_USE
+from covidxray.errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, CLIError
 
 
 def _fraction(text: str) -> float:
@@ -68,9 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _recalibrate(args: argparse.Namespace) -> int:
-    from covidxray.bundle import BundleError
+    from covidxray.bundle import BundleError, ModelLoadError
     from covidxray.evaluation.cli import read_manifest_or_fail
-    from covidxray.prediction.predictor import ModelLoadError
     from covidxray.prediction.recalibrate import RECALIBRATION_FILE, REPORT_STEM, format_rate, recalibrate
 
     if args.bootstrap < 10:
