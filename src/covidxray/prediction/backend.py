@@ -10,7 +10,8 @@ Without an operating point the label is the most probable class. A bundle stores
 (``screening``, ``balanced``, maybe ``site``) and ``decision``, the name of the one that gives the label: that
 point's class whenever its probability is ``>= t``, otherwise the most probable of the *other* classes. The rule
 and the operating-point data model live in :mod:`covidxray.decision` (a leaf: the bundle validates points with
-it); :func:`decide` and :func:`decision_rule` here apply it to a backend's config. The probabilities themselves
+it); the predictor applies :func:`~covidxray.decision.decide` with a backend's points, :func:`decision_rule`
+says it in words for a config. The probabilities themselves
 are never changed.
 """
 
@@ -23,8 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from covidxray.bundle import BACKENDS, ModelLoadError
-from covidxray.decision import Decision, read_operating_points, rule_in_words
-from covidxray.decision import decide as decide_points
+from covidxray.decision import Decision, decide, read_operating_points, rule_in_words
 
 __all__ = ["BACKENDS", "Backend", "Decision", "ModelLoadError", "decide", "decision_rule", "weights_version"]
 
@@ -38,12 +38,6 @@ class Backend(Protocol):
     source: str
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-
-def decide(probabilities: np.ndarray, config: dict[str, Any]) -> tuple[str, Decision]:
-    """The label of one probability vector under a model config's deciding operating point, and why."""
-    points, decision = read_operating_points(config)
-    return decide_points(probabilities, list(config["classes"]), points, decision)
 
 
 def decision_rule(config: dict[str, Any]) -> str:

@@ -28,9 +28,9 @@ import numpy as np
 
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.bundle import ModelLoadError, resolve_model_path
-from covidxray.decision import Decision, decide, read_operating_points, rule_in_words
+from covidxray.decision import read_operating_points, rule_in_words
 from covidxray.imageio import ImageLoadError, LoadedImage
-from covidxray.prediction.backend import Backend
+from covidxray.prediction.backend import Backend, Decision, decide
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
 from covidxray.preprocess import Preprocessing
