@@ -390,6 +390,12 @@ def site_size_curve(
                 if skipped_sizes
                 else ""
             )
+            + (
+                f" Draws of more than half of the {y.size} calibration images overlap heavily, so their ranges "
+                "understate the variability at another site of that size."
+                if any(r["n_images"] > y.size / 2 for r in rows)
+                else ""
+            )
         ),
         "rows": rows,
         "skipped_sizes": skipped_sizes,
