@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "covidxray.training.cli",
     "covidxray.evaluation.cli",
     "covidxray.prediction.cli",
+    "covidxray.prediction.recalibrate_cli",
     "covidxray.web.cli",
     "covidxray.pipeline",
 )

@@ -138,6 +138,7 @@ class PredictionService:
                     sha256=upload.sha256,
                     label=pred.label,
                     probabilities={k: float(v) for k, v in pred.probabilities.items()},
+                    decision=pred.decision,
                     warnings=[str(w) for w in pred.warnings],
                     width=width,
                     height=height,
