@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "covidxray.training.cli",
     "covidxray.evaluation.cli",
     "covidxray.prediction.cli",
+    "covidxray.prediction.segment_cli",
     "covidxray.web.cli",
     "covidxray.pipeline",
 )

@@ -11,6 +11,10 @@ Two kinds of evidence, each giving a plain-language warning (a string) when it f
    scaled residual outside that subspace. Its threshold is a high quantile (99 % by default) of the distances of
    held-out training images. :func:`fit_guard` fits it and stores it in the bundle's ``guard`` field.
 
+3. **Lung fields** (:class:`covidxray.segmentation.LungFacts` from the shipped lung segmenter): a frontal chest
+   X-ray shows two lung fields of plausible area and left/right balance; lateral views, other body parts and
+   non-X-rays mostly do not ("no plausible lung fields", measured in BENCHMARKS.md).
+
 Warnings never change the prediction; ``--strict`` (or ``Predictor(strict=True)``) refuses flagged inputs.
 Only NumPy and Pillow are used, so the ONNX backend runs the same guard without torch.
 """
@@ -27,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from covidxray.imageio import LoadedImage
+from covidxray.segmentation.masks import LungFacts
 
 GUARD_VERSION = 1
 STATS_SIDE = 256  # statistics are computed on a copy whose longest side is this many pixels
@@ -242,8 +247,12 @@ class InputGuard:
     def needs_features(self) -> bool:
         return self.distance is not None
 
-    def check(self, image: LoadedImage, features: np.ndarray | None = None) -> list[str]:
+    def check(
+        self, image: LoadedImage, features: np.ndarray | None = None, lungs: LungFacts | None = None
+    ) -> list[str]:
         out = stats_warnings(image_stats(image), self.limits)
+        if lungs is not None and not lungs.plausible:
+            out.append(lung_warning(lungs))
         if self.distance is not None and features is not None:
             d = self.distance.distance(features)
             if d > self.distance.threshold:
@@ -253,6 +262,14 @@ class InputGuard:
                     "chest X-ray, or comes from a source the model has not seen"
                 )
         return out
+
+
+def lung_warning(lungs: LungFacts) -> str:
+    """The "no plausible lung fields" warning, with the numbers behind it."""
+    return (
+        f"no plausible lung fields: {lungs.describe()}; it may not be a frontal chest X-ray "
+        "(lateral view, another body part, not an X-ray)"
+    )
 
 
 def guard_config(distance: FeatureDistance | None, limits: dict[str, float] | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from covidxray.cli import EXIT_INPUT, EXIT_USAGE, CLIError
+from covidxray.preprocess import RESIZE_MODES
 from covidxray.training.config import (
     AUGMENTS,
     CLASS_WEIGHTS,
@@ -69,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a("--freeze-backbone", action="store_true", default=None, help="train the head only")
     a("--patience", type=int, help="epochs without validation improvement before stopping (0: never)")
     a("--intensity", choices=("equalize", "percentile", "minmax", "none"))
-    a("--resize", choices=("squash", "pad", "crop"))
+    a("--resize", choices=RESIZE_MODES, help="lungcrop: crop to the lung fields (shipped segmenter) + margin")
     a("--channels", type=int, choices=(1, 3))
     a("--holdout-source", help="leave this source out of train and val (for a cross-source test)")
     a("--cache-dir")

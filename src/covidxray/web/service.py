@@ -73,6 +73,21 @@ class PredictionService:
                 422, "undecodable_image", f"{upload.filename}: {exc.detail}", upload.filename, exc.hint
             ) from exc
 
+    def _explanation(self, image: LoadedImage) -> tuple[bytes, float | None]:
+        """Grad-CAM overlay PNG and its in-lung share (None when the predictor cannot measure it)."""
+        details = getattr(self.predictor, "explanation", None)
+        if details is None:
+            return self.predictor.explain(image), None
+        e = details(image)
+        return e.png, e.lung_share
+
+    def _lung_masks(self, images: list[LoadedImage]) -> list[Any]:
+        """Lung masks for the preview outlines (Nones when the predictor has no segmenter)."""
+        segment = getattr(self.predictor, "segment_lungs", None)
+        if segment is None:
+            return [None] * len(images)
+        return [None if s is None else s.mask for s in segment(images, always=True)]
+
     def run(
         self, uploads: Sequence[Upload], explain: bool = False, preview: bool = False
     ) -> list[ImagePrediction]:
@@ -99,10 +114,11 @@ class PredictionService:
                 raise UploadError(
                     422, "undecodable_image", f"{upload.filename}: {pred.error}", upload.filename
                 )
-        overlays: list[bytes | None] = [None] * len(images)
+        overlays: list[Any] = [None] * len(images)
         if explain:
             with self._explain_lock:
-                overlays = [self.predictor.explain(img) for img in images]
+                overlays = [self._explanation(img) for img in images]
+        masks = self._lung_masks(images) if preview else [None] * len(images)
         results = [
             ImagePrediction(
                 file=upload.filename,
@@ -113,12 +129,14 @@ class PredictionService:
                 width=img.width,
                 height=img.height,
                 format=img.format,
-                preview_png=_b64(render_preview(img.pixels, self.settings.preview_max_side))
+                preview_png=_b64(render_preview(img.pixels, self.settings.preview_max_side, mask))
                 if preview
                 else None,
-                gradcam_png=_b64(overlay) if overlay is not None else None,
+                gradcam_png=_b64(overlay[0]) if overlay is not None else None,
+                gradcam_lung_share=overlay[1] if overlay is not None else None,
+                lungs=getattr(pred, "lungs", None),
             )
-            for upload, img, pred, overlay in zip(uploads, images, preds, overlays, strict=True)
+            for upload, img, pred, overlay, mask in zip(uploads, images, preds, overlays, masks, strict=True)
         ]
         if self.audit is not None:
             self.audit.record(
