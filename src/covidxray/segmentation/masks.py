@@ -14,7 +14,9 @@ from scipy import ndimage
 
 # A component smaller than this share of the image is noise, not a lung.
 MIN_COMPONENT_FRACTION = 0.005
-# Plausible frontal lung fields (SCR-style, heart excluded): measured on JSRT and the V7 masks, see BENCHMARKS.md.
+# Plausible frontal lung fields. The 675 reference masks span area 0.18-0.46 (JSRT) and 0.09-0.62 (V7, lungs
+# behind the heart included), left/right balance >= 0.54, always >= 2 components; the limits leave a margin
+# (BENCHMARKS.md, "Lung fields", measures what they flag on real X-rays, non-X-rays and lateral views).
 PLAUSIBLE_AREA = (0.08, 0.65)
 MIN_BALANCE = 0.25  # smaller lung / larger lung (left-right halves of the image)
 
