@@ -24,6 +24,7 @@ import math
 import platform
 import string
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -362,7 +363,10 @@ def export_onnx(net: LungSegNet, config: dict[str, Any], path: Path, opset: int 
     graph = SegProbabilities(net).eval()
     sample = torch.rand(2, 1, s, s, generator=torch.Generator().manual_seed(0))
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # the TorchScript exporter's deprecation notes (it handles this graph)
         torch.onnx.export(
             graph,
             (sample,),
