@@ -152,10 +152,9 @@ def bench_guard(root: Path, n_real: int) -> dict:
 
 # -- 4. where the shipped model looks --------------------------------------------------------------------------
 def bench_attention(root: Path, n: int) -> dict:
-    from covidxray.bundle import load_bundle
+    from covidxray.bundle import DEFAULT_MODEL_DIR, load_bundle
     from covidxray.evaluation.attention import lung_attention
     from covidxray.imageio import load_image
-    from covidxray.prediction.predictor import DEFAULT_MODEL_DIR
     from covidxray.segmentation import lung_mask_fn
 
     bundle = load_bundle(DEFAULT_MODEL_DIR)

@@ -75,7 +75,9 @@ def test_lungcrop_cache_crops_with_the_shipped_segmenter(manifest, tmp_path: Pat
 
     lc = Preprocessing(image_size=32, resize="lungcrop", lung_segmenter=default_segmenter_version())
     assert cache_path(manifest, lc, tmp_path / "cache") != cache_path(manifest, PRE, tmp_path / "cache")
-    cached = load_cache(manifest, lc, tmp_path / "cache", workers=2, progress=False)  # segmenter in each worker
+    cached = load_cache(
+        manifest, lc, tmp_path / "cache", workers=2, progress=False
+    )  # segmenter in each worker
     for i, rel in enumerate(manifest["path"]):
         pixels = load_image(Path(manifest.attrs["root"]) / rel).pixels
         assert np.array_equal(cached[i], lc.canonical(pixels, lung_mask_fn(lc)))

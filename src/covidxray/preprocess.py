@@ -29,6 +29,7 @@ RESIZE_MODES = ("squash", "pad", "crop", "lungcrop")
 LungMask = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]  # noqa: UP007
 MIN_LUNG_BOX = 0.2  # a lung box narrower/shorter than this share of the image is not trusted: no crop
 INTENSITY_MODES = ("equalize", "percentile", "minmax", "none")
+CHANNELS = (1, 3)  # grey, or grey repeated for three-channel (ImageNet) backbones
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ class Preprocessing:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         if not 16 <= int(self.image_size) <= 2048:
             raise ValueError(f"image_size must be between 16 and 2048, got {self.image_size}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels}")
         if not 0.0 <= float(self.lungcrop_margin) <= 0.5:
             raise ValueError(f"lungcrop_margin must be between 0 and 0.5, got {self.lungcrop_margin}")
 

@@ -18,7 +18,7 @@ import torch
 from monai.visualize import GradCAM
 from PIL import Image, ImageDraw, ImageFont
 
-from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.evaluation.attention import class_scores, in_lung_share
 from covidxray.imageio import LoadedImage
 from covidxray.models.base import XRayNet

@@ -95,9 +95,9 @@ def _register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _fail(message: str, code_name: str):
-    from covidxray import cli
+    from covidxray import errors
 
-    return cli.CLIError(message, getattr(cli, code_name))
+    return errors.CLIError(message, getattr(errors, code_name))
 
 
 def _load(args: argparse.Namespace):
@@ -127,7 +127,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 
 def _segment_one(args: argparse.Namespace) -> int:
-    from covidxray import NOT_FOR_CLINICAL_USE
+    from covidxray.about import NOT_FOR_CLINICAL_USE
     from covidxray.imageio import ImageLoadError, load_image
 
     if not Path(args.image).is_file():
@@ -167,7 +167,7 @@ def _write_png(path: Path, array) -> None:
 def _segment_many(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from covidxray import NOT_FOR_CLINICAL_USE
+    from covidxray.about import NOT_FOR_CLINICAL_USE
     from covidxray.imageio import ImageLoadError, load_image
     from covidxray.prediction.batch import find_images
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from covidxray import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 from covidxray.preprocess import Preprocessing
 from covidxray.segmentation.data import (
     COHEN,
