@@ -186,3 +186,16 @@ def test_guard_warns_when_no_plausible_lung_fields():
     assert any(
         w.startswith("no plausible lung fields: lung fields cover") and "1 region" in w for w in warnings
     )
+
+
+def test_explanation_outlines_the_lungs_and_measures_the_in_lung_share(jsrt_pairs):
+    import io
+
+    import covidxray
+
+    model = covidxray.load_model()  # the shipped model: its Grad-CAM is not flat
+    e = model.explanation(jsrt_pairs[0].image)
+    assert e.label in model.classes and 0.0 <= e.lung_share <= 1.0
+    rgb = np.asarray(Image.open(io.BytesIO(e.png)).convert("RGB"))
+    cyan = (rgb[..., 0] == 0) & (rgb[..., 1] == 229) & (rgb[..., 2] == 255)
+    assert cyan[:512].sum() > 200  # the lung outline drawn over the heatmap

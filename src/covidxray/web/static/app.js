@@ -193,9 +193,11 @@ function renderResult(card, result) {
       `${percent(l.area_fraction)} of the image` + (l.quality === "ok" ? "." : ` (implausible: ${l.quality.replace("_", " ")}).`);
     lungs.hidden = false;
   }
-  if (typeof result.gradcam_lung_share === "number") {
+  if (result.gradcam_png) {
     const share = $(".lung-share", card);
-    share.textContent = `${percent(result.gradcam_lung_share)} of the heatmap lies inside the lung fields.`;
+    share.textContent = typeof result.gradcam_lung_share === "number"
+      ? `${percent(result.gradcam_lung_share)} of the heatmap lies inside the lung fields.`
+      : "The heatmap is empty (no region raised this class's score), so no share inside the lung fields.";
     share.hidden = false;
   }
 
