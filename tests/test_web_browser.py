@@ -87,9 +87,10 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
     covid = _first_png(data_root / "COVID-19_Radiography_Dataset" / "COVID")
     normal = _first_png(data_root / "COVID-19_Radiography_Dataset" / "Normal")
     answer = httpx.post(
-        f"{base}/api/v1/predict", files={"files": (covid.name, covid.read_bytes(), "image/png")}
+        f"{base}/api/v1/predict?explain=true", files={"files": (covid.name, covid.read_bytes(), "image/png")}
     )
     expected = DISPLAY[answer.json()["predictions"][0]["label"]]
+    share = answer.json()["predictions"][0]["gradcam_lung_share"]
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
@@ -129,10 +130,6 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
             assert card.locator(".preview").evaluate("img => img.complete && img.naturalWidth") > 0
             # lung outline on the X-ray (cyan pixels in the preview), the lung facts, the heatmap's in-lung share
             expect(card.locator(".lungs")).to_contain_text("Lung fields: 2 regions covering")
-            share = httpx.post(
-                f"{base}/api/v1/predict?explain=true",
-                files={"files": (covid.name, covid.read_bytes(), "image/png")},
-            ).json()["predictions"][0]["gradcam_lung_share"]
             expect(card.locator(".lung-share")).to_contain_text(
                 "of the heatmap lies inside the lung fields" if share is not None else "The heatmap is empty"
             )  # the tiny random-weight model's Grad-CAM is flat; test_segmentation measures a real share
