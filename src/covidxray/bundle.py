@@ -219,10 +219,28 @@ def read_config(path: str | Path) -> BundleConfig:
     return BundleConfig.from_dict(d, source=str(cfg_path))
 
 
-def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
-    """Rebuild a saved model (no pickle): architecture from ``config.json``, weights from safetensors."""
+def _read_weights(weights: Path, map_location: str) -> dict[str, Any]:
+    """The tensors of ``model.safetensors``; a zero-byte, truncated or foreign file is a :class:`BundleError`."""
     from safetensors.torch import load_file
 
+    size = weights.stat().st_size
+    if size == 0:
+        raise BundleError(
+            f"{weights}: weights file is empty (0 bytes); the copy did not complete. "
+            "Copy the bundle again or retrain it"
+        )
+    try:
+        return load_file(str(weights), device=map_location)
+    except Exception as exc:  # safetensors raises SafetensorError (not an OSError) for every malformed file
+        raise BundleError(
+            f"{weights}: not a readable safetensors weights file ({size:,} bytes; {type(exc).__name__}: {exc}). "
+            "The file is truncated or corrupt, or is not the one 'covidxray train' wrote: "
+            "copy the bundle again or retrain it"
+        ) from exc
+
+
+def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
+    """Rebuild a saved model (no pickle): architecture from ``config.json``, weights from safetensors."""
     p = Path(path)
     if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
         p = p.parent
@@ -231,7 +249,7 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     if not weights.exists():
         raise BundleError(f"{p}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
     model = build_network(config)
-    state = load_file(str(weights), device=map_location)
+    state = _read_weights(weights, map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise BundleError(

@@ -83,8 +83,9 @@ class ErrorResponse(BaseModel):
     """Every refusal: a stable code, a message naming the file, and what to do."""
 
     error: str = Field(
-        description="no_files, bad_request, too_large, too_many_files, unsupported_media_type, "
-        "undecodable_image, explain_unavailable or internal_error"
+        description="no_files, bad_request, client_disconnected, too_large, too_many_files, image_too_large, "
+        "body_timeout, unsupported_media_type, undecodable_image, explain_unavailable, server_busy or "
+        "internal_error"
     )
     message: str
     file: str | None = None
