@@ -71,9 +71,10 @@ def test_a_config_changed_behind_the_export_is_refused_with_the_command_that_fix
     exported, tmp_path, capsys
 ):
     cfg = json.loads((exported / "config.json").read_text())
-    cfg["operating_point"] = {"class": "covid", "threshold": 0.01}  # written by hand / an older covidxray
+    point = {"class": "covid", "threshold": 0.01}  # written by hand, or by a tool that does not refresh exports
+    cfg.update(operating_points={"screening": point}, decision="screening", operating_point=point)
     (exported / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match=r"stale.*operating_point.*covidxray export --model"):
+    with pytest.raises(ModelLoadError, match=r"stale.*operating_points.*covidxray export --model"):
         covidxray.load_model(exported, backend="onnx")
     image = tmp_path / "x.png"
     from PIL import Image

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.decision import (
+    OperatingPointError,
+    read_operating_points,
+    rule_in_words,
+    validate_operating_points,
+)
 from covidxray.preprocess import NewerPreprocessingError, Preprocessing
 
 if TYPE_CHECKING:  # torch is imported where a network is built, so the ONNX path resolves models without it
@@ -68,7 +74,8 @@ class BundleConfig:
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    operating_point: dict[str, Any] | None = None
+    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decision: str | None = None
     guard: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -77,6 +84,16 @@ class BundleConfig:
     def __post_init__(self) -> None:
         if not self.num_outputs:
             self.num_outputs = len(self.classes)
+
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The deciding operating point (None: the label is the arg-max); see :mod:`covidxray.decision`."""
+        return self.operating_points.get(self.decision) if self.decision else None
+
+    @operating_point.setter
+    def operating_point(self, point: dict[str, Any] | None) -> None:
+        """Old single-point form: ``point`` becomes the only, deciding ``screening`` point (None clears)."""
+        self.operating_points, self.decision = read_operating_points({"operating_point": point})
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -112,7 +129,9 @@ class BundleConfig:
             "training": self.training,
             "data": self.data,
             "metrics": self.metrics,
-            "operating_point": self.operating_point,
+            "operating_points": self.operating_points,
+            "decision": self.decision,
+            "operating_point": self.operating_point,  # the deciding point, for readers before 'decision'
             "guard": self.guard,
             "versions": self.versions,
             "created": self.created,
@@ -151,12 +170,19 @@ class BundleConfig:
             "data",
             "metrics",
             "operating_point",
+            "operating_points",
+            "decision",
             "guard",
             "versions",
             "created",
             "intended_use",
             "not_for_clinical_use",
         }
+        points, decision = read_operating_points(d)
+        try:
+            validate_operating_points(points, decision, list(d["classes"]))
+        except OperatingPointError as exc:
+            raise BundleError(f"{source}: {exc}") from exc
         return cls(
             architecture=arch["name"],
             architecture_kwargs=dict(arch.get("kwargs", {})),
@@ -166,7 +192,8 @@ class BundleConfig:
             training=d.get("training", {}),
             data=d.get("data", {}),
             metrics=d.get("metrics", {}),
-            operating_point=d.get("operating_point"),
+            operating_points=points,
+            decision=decision,
             guard=d.get("guard"),
             versions=d.get("versions", {}),
             created=d.get("created", ""),
@@ -220,7 +247,7 @@ def save_bundle(path: str | Path, model: XRayNet, config: BundleConfig) -> Path:
     tmp = out / (WEIGHTS_FILE + ".tmp")
     # one metadata key: safetensors writes its metadata map in a random order, so two keys made the same
     # weights give different file bytes (and a different weights_version) from one save to the next
-    save_file(state, str(tmp), metadata={"format": f"{FORMAT} {FORMAT_VERSION}"})
+    save_file(state, str(tmp), metadata={"format": FORMAT})  # the format version is in config.json
     tmp.replace(out / WEIGHTS_FILE)
     write_config(out, config)
     return out
@@ -287,19 +314,47 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
 
 
 def update_bundle(path: str | Path, **changes: Any) -> BundleConfig:
-    """Change fields of a saved bundle's config (e.g. ``operating_point``, ``guard``, ``metrics``).
+    """Change fields of a saved bundle's config (e.g. ``operating_points``, ``guard``, ``metrics``).
 
-    The one function that changes a saved bundle: when the bundle holds an ONNX export (``model.onnx``), its
-    config metadata is rewritten too (:func:`refresh_onnx_metadata`), so both backends decide alike."""
+    This and :func:`set_operating_points` are the functions that change a saved bundle: when it holds an ONNX
+    export (``model.onnx``), its config metadata is rewritten too (:func:`refresh_onnx_metadata`), so both
+    backends decide alike."""
     config = read_config(path)
     for k, v in changes.items():
         if not hasattr(config, k):
             raise AttributeError(f"BundleConfig has no field {k!r}")
         setattr(config, k, v)
     write_config(path, config)
+    _refresh_export(path, config)
+    return config
+
+
+def _refresh_export(path: str | Path, config: BundleConfig) -> None:
     onnx_path = Path(path) / ONNX_FILE
     if onnx_path.is_file():
         refresh_onnx_metadata(onnx_path, config.to_dict())
+
+
+def set_operating_points(
+    path: str | Path, points: dict[str, dict[str, Any]], decision: str, keep_others: bool = False
+) -> BundleConfig:
+    """Store named operating points (e.g. from :func:`covidxray.evaluation.operating_point.choose_operating_points`)
+    in the bundle at ``path`` and name the one that ``decision``-s the label.
+
+    ``keep_others`` keeps stored points whose names are not in ``points``. Raises :class:`BundleError` when a
+    point has no threshold in [0, 1], names a class the model lacks, or ``decision`` names no point. A
+    ``model.onnx`` exported earlier keeps the old points in its metadata until it is exported again
+    (``covidxray export``).
+    """
+    config = read_config(path)
+    merged = {**config.operating_points, **points} if keep_others else dict(points)
+    try:
+        validate_operating_points(merged, decision, list(config.classes))
+    except OperatingPointError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    config.operating_points, config.decision = merged, decision
+    write_config(path, config)
+    _refresh_export(path, config)
     return config
 
 
@@ -307,35 +362,37 @@ def update_bundle(path: str | Path, **changes: Any) -> BundleConfig:
 def config_digest(config: dict[str, Any]) -> str:
     """SHA-256 of the parts of a config that change what a model outputs or decides (everything but
     :data:`INFORMATIONAL_KEYS`): classes, preprocessing, operating point(s), input guard, architecture."""
-    kept = {k: v for k, v in config.items() if k not in INFORMATIONAL_KEYS}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_decisive(config), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _decisive(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without :data:`INFORMATIONAL_KEYS`, its operating points in one form (old or current)."""
+    kept = {k: v for k, v in config.items() if k not in (*INFORMATIONAL_KEYS, *_POINT_KEYS)}
+    kept["operating_points"], kept["decision"] = read_operating_points(config)
+    return kept
+
+
+_POINT_KEYS = ("operating_point", "operating_points", "decision")
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The decision-relevant top-level keys on which two configs differ."""
-    keys = (set(a) | set(b)) - set(INFORMATIONAL_KEYS)
+    a, b = _decisive(a), _decisive(b)
     dump = lambda d, k: json.dumps(d.get(k), sort_keys=True, default=str)  # noqa: E731
-    return sorted(k for k in keys if dump(a, k) != dump(b, k))
-
-
-def decision_rule(classes: list[str], operating_point: dict[str, Any] | None) -> str:
-    """How the label follows from the probabilities (see :mod:`covidxray.prediction.backend`), in words."""
-    op = operating_point
-    if op and op.get("threshold") is not None and op.get("class", "covid") in classes:
-        cls = op.get("class", "covid")
-        return f"{cls} when p({cls}) >= {float(op['threshold']):.4g}, otherwise the most probable other class"
-    return "the most probable class"
+    return sorted(k for k in set(a) | set(b) if dump(a, k) != dump(b, k))
 
 
 def onnx_config_metadata(config: dict[str, Any]) -> dict[str, str]:
     """The ONNX metadata that follows the config a bundle may change after export (the rest of the metadata
     is written once by ``covidxray export``)."""
-    op = config.get("operating_point")
+    points, decision = read_operating_points(config)
     return {
         ONNX_CONFIG_KEY: json.dumps(config, default=str),
         ONNX_CONFIG_HASH_KEY: config_digest(config),
-        "operating_point": json.dumps(op, default=str),
-        "decision_rule": decision_rule(list(config["classes"]), op),
+        "operating_point": json.dumps(points.get(decision) if decision else None, default=str),
+        "operating_points": json.dumps(points, default=str),
+        "decision": str(decision or ""),
+        "decision_rule": rule_in_words(list(config["classes"]), points, decision),
     }
 
 

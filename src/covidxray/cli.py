@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "covidxray.training.cli",
     "covidxray.evaluation.cli",
     "covidxray.prediction.cli",
+    "covidxray.prediction.recalibrate_cli",
+    "covidxray.prediction.segment_cli",
     "covidxray.web.cli",
     "covidxray.pipeline",
 )

@@ -232,8 +232,9 @@ def read_done(path: Path, classes: list[str], jsonl: bool) -> set[str]:
 
 
 def columns(classes: list[str]) -> list[str]:
-    """Output columns: path, label, p_<class> for each class, warnings, error."""
-    return ["path", "label", *(f"p_{c}" for c in classes), "warnings", "error"]
+    """Output columns: path, label, p_<class> for each class, decided_by (the deciding operating point, empty
+    for arg-max), threshold (its threshold on p_<its class>), warnings, error."""
+    return ["path", "label", *(f"p_{c}" for c in classes), "decided_by", "threshold", "warnings", "error"]
 
 
 def row(pred: Prediction, classes: list[str]) -> dict[str, object]:
@@ -242,6 +243,9 @@ def row(pred: Prediction, classes: list[str]) -> dict[str, object]:
     for c in classes:
         p = pred.probabilities.get(c)
         out[f"p_{c}"] = "" if p is None else round(p, 6)
+    d = pred.decision or {}
+    out["decided_by"] = d.get("point") or ("argmax" if pred.label else "")
+    out["threshold"] = "" if d.get("threshold") is None else round(d["threshold"], 6)
     out["warnings"] = WARNING_SEPARATOR.join(pred.warnings)
     out["error"] = pred.error or ""
     return out

@@ -182,16 +182,9 @@ def _report_lines(pred, predictor) -> list[str]:
         lines.append(f"label: {pred.label}")
         width = max(len(c) for c in pred.probabilities)
         lines += [f"  p({c}){' ' * (width - len(c))} = {p:.4f}" for c, p in pred.probabilities.items()]
-        op = predictor.operating_point
-        note = ""
-        if pred.covid_threshold is not None and op:
-            chosen = op.get("chosen_on")
-            where = chosen.get("split") if isinstance(chosen, dict) else chosen
-            note = " (the model's operating point"
-            if op.get("target_sensitivity") is not None:
-                note += f": sensitivity {float(op['target_sensitivity']):.2f} on the {where or 'validation'} split"
-            note += ")"
-        lines.append(f"decision: {predictor.decision_rule()}{note}")
+        if pred.decision:
+            lines.append(f"decided by: {pred.decision['explanation']}")
+        lines.append(f"decision: {predictor.decision_rule()}")
     else:
         lines.append("label: none")
     lines += [f"warning: {w}" for w in pred.warnings]

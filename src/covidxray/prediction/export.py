@@ -4,7 +4,8 @@ The graph takes ``image``: float32 (N, C, S, S) in [0, 1] (after :class:`covidxr
 mean/std normalisation is inside) with a dynamic batch dimension, and returns ``probabilities`` (N, K) in the
 order of ``classes`` and ``features`` (N, F), the penultimate vector the input guard measures. The metadata
 carries everything needed to use the file without covidxray: the classes, the preprocessing (as data and in
-words), the operating point and decision rule, the intended use and the not-for-clinical-use line, and the whole
+words), the operating points (``operating_points`` JSON, ``decision`` = the name of the deciding one,
+``operating_point`` = that point) and the decision rule in words, the intended use and the not-for-clinical-use line, and the whole
 bundle config under ``covidxray.config``. Uses the ``torch.export``-based exporter (``dynamo=True``), falling
 back to the TorchScript exporter for networks it cannot handle.
 """
@@ -50,6 +51,9 @@ def describe_preprocessing(p: Preprocessing) -> str:
         "squash": f"resize to {p.image_size}x{p.image_size} ignoring the aspect ratio (bilinear)",
         "pad": f"pad to a square with black, then resize to {p.image_size}x{p.image_size} (bilinear)",
         "crop": f"centre-crop to a square, then resize to {p.image_size}x{p.image_size} (bilinear)",
+        "lungcrop": f"crop to the lung fields' bounding box (covidxray lung segmenter {p.lung_segmenter or '?'}, "
+        f"its ONNX in the covidxray package) widened by {p.lungcrop_margin:g} of its size on each side, then "
+        f"resize to {p.image_size}x{p.image_size} (bilinear)",
     }[p.resize]
     intensity = {
         "equalize": "histogram equalisation (PIL ImageOps.equalize) on the 8-bit image",
