@@ -71,7 +71,10 @@ def test_a_config_changed_behind_the_export_is_refused_with_the_command_that_fix
     exported, tmp_path, capsys
 ):
     cfg = json.loads((exported / "config.json").read_text())
-    point = {"class": "covid", "threshold": 0.01}  # written by hand, or by a tool that does not refresh exports
+    point = {
+        "class": "covid",
+        "threshold": 0.01,
+    }  # written by hand, or by a tool that does not refresh exports
     cfg.update(operating_points={"screening": point}, decision="screening", operating_point=point)
     (exported / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match=r"stale.*operating_points.*covidxray export --model"):
