@@ -343,8 +343,7 @@ def set_operating_points(
 
     ``keep_others`` keeps stored points whose names are not in ``points``. Raises :class:`BundleError` when a
     point has no threshold in [0, 1], names a class the model lacks, or ``decision`` names no point. A
-    ``model.onnx`` exported earlier keeps the old points in its metadata until it is exported again
-    (``covidxray export``).
+    ``model.onnx`` beside it gets the new points in its metadata (:func:`refresh_onnx_metadata`).
     """
     config = read_config(path)
     merged = {**config.operating_points, **points} if keep_others else dict(points)
