@@ -10,6 +10,7 @@ from pathlib import Path
 
 from covidxray import NOT_FOR_CLINICAL_USE
 from covidxray.cli import EXIT_INPUT, EXIT_MODEL, CLIError
+from covidxray.evaluation.ray_trials import add_engine_arguments
 
 DEFAULT_CACHE_DIR = Path("runs/cache")
 
@@ -152,6 +153,7 @@ def _crossval(args: argparse.Namespace) -> int:
     import sys
 
     from covidxray.evaluation.crossval import RESULT_FILE, crossval
+    from covidxray.evaluation.ray_trials import runner_from_args
 
     df = read_manifest_or_fail(args.manifest)
     known = sorted(set(df["source"].astype(str)))
@@ -175,6 +177,7 @@ def _crossval(args: argparse.Namespace) -> int:
     from covidxray.training.config import ConfigError
 
     try:
+        runner = runner_from_args(args, describe=lambda kw: f"fold holding out {kw['source']}")
         result = crossval(
             args.manifest,
             args.model,
@@ -185,6 +188,7 @@ def _crossval(args: argparse.Namespace) -> int:
             args.cache_dir,
             retrain=args.retrain,
             command=command,
+            runner=runner,
         )
     except ConfigError as exc:
         raise CLIError(str(exc), 2) from exc
@@ -219,8 +223,13 @@ def _compare(args: argparse.Namespace) -> int:
     options = _options(args, split=args.split) if args.manifest else None
     if args.manifest and not args.manifest.is_file():
         raise CLIError(f"{args.manifest}: manifest not found", EXIT_INPUT)
+    from covidxray.evaluation.ray_trials import runner_from_args
+
     try:
-        result = compare(bundles, args.out, evaluations, args.manifest, args.cache_dir, options)
+        runner = runner_from_args(args, describe=lambda kw: f"evaluation of {kw['bundle']}")
+        result = compare(
+            bundles, args.out, evaluations, args.manifest, args.cache_dir, options, runner=runner
+        )
     except BundleError as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
     except ValueError as exc:
@@ -275,6 +284,7 @@ def _register_crossval(subparsers) -> None:
         help="training batch size (default: the trainer's)",
     )
     _add_evaluation_options(p)
+    add_engine_arguments(p, "folds")
     p.set_defaults(func=_crossval)
 
 
@@ -300,6 +310,7 @@ def _register_compare(subparsers) -> None:
         help="split to evaluate missing runs on (default: %(default)s)",
     )
     _add_evaluation_options(p)
+    add_engine_arguments(p, "evaluations of runs that lack one")
     p.set_defaults(func=_compare)
 
 

@@ -33,7 +33,14 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", metavar="PATH", help="one image file")
-    what.add_argument("--images", metavar="DIR|GLOB", help="a folder (searched recursively) or a quoted glob")
+    what.add_argument(
+        "--images",
+        metavar="DIR|GLOB",
+        help="a folder (searched recursively) or a quoted glob; with --engine ray also a URI (s3://..., file://...)",
+    )
+    what.add_argument(
+        "--manifest", metavar="M", type=Path, help="every image of a manifest CSV (covidxray data build)"
+    )
     p.add_argument(
         "--model",
         metavar="RUN",
@@ -51,7 +58,13 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="with --images: write rows to FILE (.csv or .jsonl; default: CSV on stdout)",
+        help="with --images: write rows to FILE (.csv or .jsonl; default: CSV on stdout); with --engine ray, "
+        "a name without .csv/.jsonl is a folder of Parquet shards",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --engine ray and --out: keep the shards an interrupted run wrote, predict the rest",
     )
     p.add_argument("--json", action="store_true", help="with --image: print the result as JSON")
     p.add_argument(
@@ -68,6 +81,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for --images")
+    from covidxray.prediction.ray_cli import add_engine_arguments
+
+    add_engine_arguments(p)
     p.set_defaults(func=run_predict)
 
 
@@ -93,7 +109,11 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CLIError("--json goes with --image; for --images write --out preds.jsonl", EXIT_USAGE)
     if args.explain and args.backend == "onnx":
         raise CLIError("--explain (Grad-CAM) needs the torch backend: drop --backend onnx", EXIT_USAGE)
-    if args.images:
+    if args.engine != "local" and not (args.images or args.manifest):
+        raise CLIError(f"--engine {args.engine} goes with --images or --manifest", EXIT_USAGE)
+    if args.resume and args.engine == "local":
+        raise CLIError("--resume goes with --engine ray (shards of an interrupted run)", EXIT_USAGE)
+    if args.images or args.manifest:
         return _predict_many(args)
     return _predict_one(args)
 
@@ -157,13 +177,13 @@ def _report_lines(pred, predictor) -> list[str]:
 def _predict_many(args: argparse.Namespace) -> int:
     from covidxray import NOT_FOR_CLINICAL_USE
     from covidxray.cli import EXIT_INPUT, CLIError
-    from covidxray.imageio import ImageLoadError
-    from covidxray.prediction.batch import BatchSummary, RowWriter, find_images, stream_rows
+    from covidxray.prediction.batch import BatchSummary, RowWriter, stream_rows
 
-    try:
-        paths = find_images(args.images)
-    except ImageLoadError as exc:
-        raise CLIError(str(exc), EXIT_INPUT) from exc
+    paths = _input_paths(args)
+    if args.engine == "ray":
+        from covidxray.prediction.ray_cli import run_predict_ray
+
+        return run_predict_ray(args, paths)
     predictor = _load(args)
     out = args.out
     stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
@@ -188,6 +208,35 @@ def _predict_many(args: argparse.Namespace) -> int:
     if summary.predicted == 0 and summary.refused == 0:
         raise CLIError(f"none of the {summary.total} images could be read", EXIT_INPUT)
     return 0
+
+
+def _input_paths(args: argparse.Namespace) -> list[str]:
+    """The images of --images (folder, glob, or with --engine ray a URI) or of --manifest, in order."""
+    from covidxray.cli import EXIT_INPUT, EXIT_USAGE, CLIError
+    from covidxray.imageio import ImageLoadError
+    from covidxray.prediction.batch import find_images
+
+    try:
+        if args.manifest:
+            if not args.manifest.is_file():
+                raise CLIError(
+                    f"{args.manifest}: manifest not found; build one with 'covidxray data build'", EXIT_INPUT
+                )
+            from covidxray.prediction.batch import manifest_image_paths
+
+            try:
+                return manifest_image_paths(args.manifest)
+            except (OSError, ValueError, KeyError) as exc:
+                raise CLIError(f"{args.manifest}: cannot read the manifest ({exc})", EXIT_INPUT) from exc
+        if "://" in args.images:
+            if args.engine != "ray":
+                raise CLIError(f"{args.images}: URIs are read with --engine ray", EXIT_USAGE)
+            from covidxray.prediction.ray_engine import list_uri_images
+
+            return list_uri_images(args.images)
+        return find_images(args.images)
+    except ImageLoadError as exc:
+        raise CLIError(str(exc), EXIT_INPUT) from exc
 
 
 def _progress(items, total: int, disable: bool):
