@@ -468,8 +468,11 @@ def _run_shards(
         workers = options.workers or max(1, int(cpus // options.cpus_per_worker))
         s = options.shard_size
         expected = {k: min(s, len(paths) - k * s) for k in shards}
-        # blocks of a few batches: small enough to spread over every actor, large enough to keep them busy
-        block = max(options.batch_size, min(4 * options.batch_size, len(paths) // (4 * workers) or 1))
+        # every actor gets work even for a few images (a batch is at most a worker's share), and blocks of up
+        # to 8 batches keep the block count modest for millions of images
+        todo = sum(expected.values())
+        batch = max(1, min(options.batch_size, -(-todo // workers)))
+        block = batch * max(1, min(8, todo // (4 * workers * batch)))
         tables = []
         for k in shards:
             for lo in range(k * s, k * s + expected[k], block):
@@ -478,7 +481,7 @@ def _run_shards(
         ds = ray.data.from_arrow(tables).map_batches(
             ImageScorer,
             fn_constructor_args=([ray.put(files)], options.backend, options.strict, options.cpus_per_worker),
-            batch_size=options.batch_size,
+            batch_size=batch,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=options.cpus_per_worker,
