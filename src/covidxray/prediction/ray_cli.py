@@ -100,6 +100,7 @@ def run_predict_ray(args: argparse.Namespace, paths: list[str]) -> int:
         )
     lines.append(f"decision: {result.decision_rule}")
     lines.append(f"model: {result.model_version} ({backend}) on Ray, {result.workers} worker(s)")
+    lines.append(result.timing_line())
     if args.out:
         lines.append(f"wrote {s.total} rows to {result.output}")
     print("\n".join([*lines, NOT_FOR_CLINICAL_USE]), file=sys.stderr)

@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,21 @@ class RayPredictResult:
     shards_skipped: int
     workers: int = 0
     rows_skipped: int = 0
-    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(
+        default_factory=dict
+    )  # seconds: connect, first_row, stream, merge, total
+
+    def timing_line(self) -> str:
+        """One line on where the time went (the benchmark reads it too)."""
+        t = self.timings
+        if "stream" not in t:
+            return f"timing: {t.get('total', 0):.1f} s in all (nothing left to predict)"
+        rows = self.summary.total - self.rows_skipped
+        rate = (rows - 1) / t["stream"] if t["stream"] > 0 and rows > 1 else float("nan")
+        return (
+            f"timing: {t['total']:.1f} s in all: Ray connect {t['connect']:.1f} s, first rows after "
+            f"{t['first_row']:.1f} s, then {rate:.0f} images/s for {t['stream']:.1f} s, merge/summary {t['merge']:.2f} s"
+        )
 
 
 # -- the image list --------------------------------------------------------------------------------------------
@@ -380,6 +395,7 @@ def predict_with_ray(
     """Predict ``paths`` on Ray and write ``out`` (a ``.csv``/``.jsonl`` file, else a folder of Parquet shards;
     stdout when None). Raises ``ModelLoadError`` (bad model) and
     :class:`RayEngineError` (output in the way, resume mismatch) before any work starts."""
+    t0 = time.perf_counter()
     if options.shard_size < 1 or options.batch_size < 1:
         raise RayEngineError("--batch-size and the shard size must be at least 1")
     if options.workers is not None and options.workers < 1:
@@ -422,8 +438,9 @@ def predict_with_ray(
     try:
         if pending:
             result.workers = _run_shards(
-                paths, pending, work, files, classes, options, result.rows_skipped, log
+                paths, pending, work, files, classes, options, result.rows_skipped, log, result.timings
             )
+        t_merge = time.perf_counter()
         if out is None or not is_dir_output(out):
             _merge(work, n_shards, classes, out, result.summary)
             if not temporary:
@@ -438,6 +455,8 @@ def predict_with_ray(
     finally:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
+    result.timings["merge"] = time.perf_counter() - t_merge
+    result.timings["total"] = time.perf_counter() - t0
     return result
 
 
@@ -450,13 +469,16 @@ def _run_shards(
     options: RayPredictOptions,
     rows_done: int,
     log: Callable[[str], None],
+    timings: dict[str, float],
 ) -> int:
     """Predict the rows of ``shards`` on Ray; write each shard when all its rows are in. Returns the actor count."""
     import pyarrow as pa
 
     from covidxray.evaluation.ray_trials import connect
 
+    t0 = time.perf_counter()
     started, ray = connect(options.address, log)
+    timings["connect"] = time.perf_counter() - t0
     try:
         from ray.data import DataContext
 
@@ -488,8 +510,13 @@ def _run_shards(
         )
         buffers: dict[int, dict[str, list]] = {}
         bar = _progress_bar(len(paths), rows_done, options.progress)
+        t1 = time.perf_counter()
+        first = None
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if first is None:
+                    first = time.perf_counter()
+                    timings["first_row"] = first - t1
                 for k in np.unique(batch["index"] // s):
                     mask = batch["index"] // s == k
                     buf = buffers.setdefault(int(k), {name: [] for name in batch})
@@ -502,6 +529,7 @@ def _run_shards(
         finally:
             if bar is not None:
                 bar.close()
+        timings["stream"] = time.perf_counter() - (first or t1)
         if buffers:  # cannot happen unless Ray lost rows; say so rather than write an incomplete file
             missing = {k: expected[k] - len(b["index"]) for k, b in buffers.items()}
             raise RuntimeError(f"Ray returned too few rows for shard(s) {missing}; rerun with --resume")
