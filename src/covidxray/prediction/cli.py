@@ -51,7 +51,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         "--backend",
         choices=("torch", "onnx"),
         default=None,
-        help="inference backend (default: onnx for a .onnx --model, else torch)",
+        help="inference backend (default: onnx for a .onnx --model or --engine ray, else torch)",
     )
     p.add_argument(
         "--out",

@@ -71,9 +71,7 @@ def run_predict_ray(args: argparse.Namespace, paths: list[str]) -> int:
         raise CLIError("--explain (Grad-CAM) runs with --engine local", EXIT_USAGE)
     if args.cpus_per_worker <= 0:
         raise CLIError(f"--cpus-per-worker must be positive, got {args.cpus_per_worker}", EXIT_USAGE)
-    backend = args.backend or (
-        "torch" if str(args.model or "").endswith(("/model", "config.json")) else "onnx"
-    )
+    backend = args.backend or "onnx"  # ONNX Runtime in the actors unless --backend torch
     options = RayPredictOptions(
         model=args.model,
         backend=backend,
