@@ -62,15 +62,17 @@ def run_locally(fn: Trial, calls: Sequence[dict[str, Any]]) -> list[Any]:
 
 
 def connect(address: str | None = None, log: Callable[[str], None] | None = None) -> tuple[bool, Any]:
-    """Join the Ray cluster at ``address`` (``auto``, ``ray://host:port``), the Ray this process already runs,
-    or start a local one. Returns (whether this call started Ray, the ``ray`` module)."""
+    """Join the Ray cluster at ``address`` (``auto``, ``ray://host:port``) or the Ray this process already runs;
+    with no address, Ray joins a cluster started on this machine by ``ray start`` or starts a local one. Returns (whether this call started Ray, the ``ray`` module)."""
     import ray
 
     if ray.is_initialized():
         return False, ray
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    if address is None and log is not None:
-        log(f"started a local Ray instance ({int(ray.cluster_resources().get('CPU', 0))} CPUs)")
+    if log is not None:
+        log(
+            f"Ray: {'joined ' + address if address else 'local instance'}, {ray.cluster_resources().get('CPU', 0):g} CPUs"
+        )
     return True, ray
 
 

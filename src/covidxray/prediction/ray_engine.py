@@ -422,6 +422,7 @@ def predict_with_ray(
     }
     work, temporary = _work_dir(out)
     done = _check_resume(work, meta, options.resume, out) if not temporary else set()
+    created = not work.exists()
     work.mkdir(parents=True, exist_ok=True)
     (work / RUN_FILE).write_text(json.dumps({**meta, "complete": False}, indent=2) + "\n")
     pending = [k for k in range(n_shards) if k not in done]
@@ -452,6 +453,10 @@ def predict_with_ray(
             (work / RUN_FILE).write_text(
                 json.dumps({**meta, "complete": True, "summary": result.summary.lines()}, indent=2) + "\n"
             )
+    except BaseException:
+        if created and not temporary and not any(work.glob("part-*.parquet")):
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume: leave no folder in the way
+        raise
     finally:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
@@ -488,6 +493,11 @@ def _run_shards(
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus = float(ray.cluster_resources().get("CPU", 1))
         workers = options.workers or max(1, int(cpus // options.cpus_per_worker))
+        if workers * options.cpus_per_worker > cpus:  # the actors would wait for CPUs forever
+            raise RayEngineError(
+                f"--workers {workers} x --cpus-per-worker {options.cpus_per_worker:g} needs "
+                f"{workers * options.cpus_per_worker:g} CPUs; the Ray cluster has {cpus:g}"
+            )
         s = options.shard_size
         expected = {k: min(s, len(paths) - k * s) for k in shards}
         # every actor gets work even for a few images (a batch is at most a worker's share), and blocks of up
