@@ -153,6 +153,10 @@ def test_ray_engine_gives_the_local_rows_on_real_images_and_bad_files(data_root,
         assert np.allclose(got, want, atol=1e-5, equal_nan=True)
     assert main([*ray_args, "--out", str(shards)]) == 2  # an earlier run is there: not without --resume
     assert "--resume" in capsys.readouterr().err
+    too_many = [*common, "--engine", "ray", "--workers", "3", "--out", str(tmp_path / "x.csv")]
+    assert main(too_many) == 2  # 3 actors of 1 CPU would wait forever on a 2-CPU Ray
+    assert "needs 3 CPUs; the Ray cluster has 2" in capsys.readouterr().err
+    assert not (tmp_path / "x.csv.parts").exists() and not (tmp_path / "x.csv").exists()
 
     # an interrupted run of --out ray.csv (its shards folder with one shard missing), resumed: only that shard
     # is predicted again, then all are merged into the file the local engine wrote
