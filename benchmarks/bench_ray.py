@@ -7,7 +7,8 @@ shipped default model, ONNX Runtime, every command a fresh process as a user wou
 
 - local:        ``covidxray predict --backend onnx --images DIR --out local.csv``
 - ray, N warm:  ``covidxray predict --engine ray --address auto --workers N ...`` against a Ray instance already
-  running (``ray start --head --num-cpus 2``, started and stopped by this script): the cluster case
+  running (``ray start --head --num-cpus 2``, started and stopped by this script): the cluster case; N = 1 and 2
+  actors of 1 CPU (1 ONNX Runtime thread) each, and 1 actor of 2 CPUs (2 threads, as the local engine uses)
 - ray, 1 cold:  ``covidxray predict --engine ray --workers 1 ...`` starting its own local Ray (one-off use)
 
 Every output must equal the local engine's file row for row (probabilities to 1e-5). The engine's ``timing:``
@@ -180,6 +181,10 @@ def main() -> int:
             "ray 2 workers (warm)": (
                 [*common, "--engine", "ray", "--address", "auto", "--workers", "2"],
                 "r2.csv",
+            ),
+            "ray 1 worker x 2 CPUs (warm)": (
+                [*common, "--engine", "ray", "--address", "auto", "--workers", "1", "--cpus-per-worker", "2"],
+                "r1x2.csv",
             ),
         }
         runs: dict[str, list[dict]] = {k: [] for k in configs}
