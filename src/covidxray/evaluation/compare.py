@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from covidxray.evaluation.evaluate_report import METRIC_NAMES, cell
+from covidxray.evaluation.document import Report, fmt
 from covidxray.evaluation.metrics import CLASS_METRICS
+from covidxray.evaluation.metrics_report import METRIC_NAMES, cell
 from covidxray.evaluation.ray_trials import run_locally
-from covidxray.evaluation.report import Report, fmt
 
 RESULT_FILE = "comparison.json"
 METRICS_FILE = "metrics.json"

@@ -54,9 +54,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_predict_ray(args: argparse.Namespace, paths: list[str]) -> int:
     """``covidxray predict --engine ray``: the rows the local engine would write, computed on Ray."""
-    from covidxray import NOT_FOR_CLINICAL_USE
-    from covidxray.cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, CLIError
-    from covidxray.prediction.predictor import ModelLoadError
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.bundle import ModelLoadError
+    from covidxray.errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, CLIError
 
     try:
         from covidxray.prediction.ray_engine import (

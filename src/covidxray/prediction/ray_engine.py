@@ -39,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from covidxray.bundle import resolve_model_path
 from covidxray.imageio import IMAGE_SUFFIXES, ImageLoadError, load_image_bytes
 from covidxray.prediction.batch import WARNING_SEPARATOR, BatchSummary, RowWriter
-from covidxray.prediction.predictor import Prediction, Predictor, resolve_model_path
+from covidxray.prediction.predictor import Prediction, Predictor
 
 RUN_FILE = "_covidxray_run.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
