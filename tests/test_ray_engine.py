@@ -112,7 +112,6 @@ def test_ray_outputs_in_the_way_are_refused_before_ray_starts(tmp_path, capsys):
     (stray / "keep.txt").write_text("someone's file")
     assert main([*argv, "--out", str(stray)]) == 2
     assert "not a covidxray Ray output" in capsys.readouterr().err
-    assert main(["predict", "--images", str(tmp_path), "--resume", "--out", str(tmp_path / "q.csv")]) == 2
     assert out.read_text() == "earlier run\n" and (stray / "keep.txt").is_file()
 
 

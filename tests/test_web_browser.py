@@ -36,6 +36,12 @@ pytestmark = [
 ]
 
 
+OPERATING_POINTS = {
+    "screening": {"class": "covid", "threshold": 0.05, "rule": "sensitivity>=0.95"},
+    "balanced": {"class": "covid", "threshold": 0.5, "rule": "max min(sensitivity,specificity)"},
+}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,11 +58,18 @@ def _first_png(folder: Path) -> Path:
 @pytest.fixture()
 def served(tiny_bundle: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """``covidxray serve`` in a subprocess on a free port; yields (base URL, audit DB URL)."""
+    import shutil
+
     import httpx
 
+    from covidxray.bundle import set_operating_points
+
+    bundle = tmp_path / "bundle"  # with two operating points, the balanced one deciding
+    shutil.copytree(tiny_bundle, bundle)
+    set_operating_points(bundle, OPERATING_POINTS, "balanced")
     port = _free_port()
     audit = f"sqlite:///{tmp_path}/audit.sqlite"
-    cmd = [sys.executable, "-m", "covidxray.cli", "serve", "--model", str(tiny_bundle), "--port", str(port),
+    cmd = [sys.executable, "-m", "covidxray.cli", "serve", "--model", str(bundle), "--port", str(port),
            "--audit-db", audit, "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -89,7 +102,10 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
     answer = httpx.post(
         f"{base}/api/v1/predict", files={"files": (covid.name, covid.read_bytes(), "image/png")}
     )
-    expected = DISPLAY[answer.json()["predictions"][0]["label"]]
+    first = answer.json()["predictions"][0]
+    expected = DISPLAY[first["label"]]
+    assert first["decision"]["point"] == "balanced" and first["decision"]["threshold"] == 0.5
+    assert first["decision"]["probability"] == pytest.approx(first["probabilities"]["covid"])
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
@@ -116,6 +132,13 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
             card = page.locator("article.result", has_text=covid.name)
             expect(card.locator(".prediction")).to_be_visible(timeout=30_000)
             expect(card.locator(".label")).to_contain_text(expected)
+            # why: the deciding point and p(covid) beside its threshold
+            p_covid = f"{100 * first['probabilities']['covid']:.1f}%"
+            expect(card.locator(".why")).to_contain_text(
+                f"{p_covid} {'≥' if first['decision']['met'] else '<'}"
+            )
+            expect(card.locator(".why")).to_contain_text("threshold 50.0% of the balanced operating point")
+            expect(page.locator("#model-card")).to_contain_text("Operating point balanced (decides)")
             expect(card.locator(".bar-row")).to_have_count(3)
             expect(card.locator(".card-notice")).to_be_visible()
             assert card.locator(".preview").evaluate("img => img.complete && img.naturalWidth") > 0

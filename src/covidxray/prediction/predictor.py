@@ -7,7 +7,14 @@ operating point, input guard):
 * ``"onnx"``: ``model.onnx`` written by ``covidxray export`` (facts in its metadata), through ONNX Runtime,
   without importing torch.
 
-The label follows the decision rule of :mod:`covidxray.prediction.backend`.
+How the label is decided
+------------------------
+Without an operating point the label is the most probable class. A bundle stores named operating points
+(``screening``, ``balanced``, maybe ``site``; see :mod:`covidxray.decision`) and the name of the one that decides:
+the label is that point's class whenever its probability is ``>= t``; otherwise it is the most probable of the
+*other* classes. ``Prediction.decision`` says which point decided, its threshold, the probability compared with it
+and why in words; ``Prediction.covid_threshold`` holds ``t`` (None when the plain argmax was used). The
+probabilities themselves are never changed. The rule itself lives in :mod:`covidxray.decision`.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import numpy as np
 
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.bundle import ModelLoadError, resolve_model_path
+from covidxray.decision import read_operating_points, rule_in_words
 from covidxray.imageio import ImageLoadError, LoadedImage
-from covidxray.prediction.backend import Backend, decide_label, decision_rule
+from covidxray.prediction.backend import Backend, Decision, decide
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
 from covidxray.preprocess import Preprocessing
@@ -49,6 +57,9 @@ class Prediction:
     error: str | None = None
     error_reason: str | None = None
     covid_threshold: float | None = None
+    decision: dict[str, Any] | None = (
+        None  # Decision.to_dict(): point, class, threshold, probability, explanation
+    )
 
     @property
     def ok(self) -> bool:
@@ -69,7 +80,10 @@ class Predictor:
         self.config = backend.config
         self.classes: list[str] = list(self.config["classes"])
         self.preprocessing = Preprocessing.from_dict(self.config["preprocessing"])
-        self.operating_point: dict[str, Any] | None = self.config.get("operating_point")
+        self.operating_points, self.decision = read_operating_points(self.config)
+        self.operating_point: dict[str, Any] | None = (
+            self.operating_points.get(self.decision) if self.decision else None
+        )  # the deciding point
         self.guard = InputGuard.from_config(self.config.get("guard"))
         self.strict = strict
         self._explainer = None
@@ -139,14 +153,19 @@ class Predictor:
                 error_reason="refused",
                 error="refused by the input guard: " + "; ".join(warnings),
             )
-        label, threshold = decide_label(probs, self.classes, self.operating_point)
+        label, decision = self.decide(probs)
         return Prediction(
             name,
             label,
             {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
             warnings,
-            covid_threshold=threshold,
+            covid_threshold=decision.threshold,
+            decision=decision.to_dict(label),
         )
+
+    def decide(self, probabilities: np.ndarray) -> tuple[str, Decision]:
+        """The label of one probability vector and the :class:`~covidxray.decision.Decision` behind it."""
+        return decide(probabilities, self.classes, self.operating_points, self.decision)
 
     # -- explanation ---------------------------------------------------------------------------------------
     def explain(self, image: ImageInput) -> bytes:
@@ -160,7 +179,7 @@ class Predictor:
             self._explainer = GradCamExplainer(self.backend.model, self.preprocessing, self.classes)  # type: ignore[attr-defined]
         img = to_loaded_image(image)
         probs, _ = self.backend.run(self.preprocessing(img.pixels)[None])
-        label, _ = decide_label(probs[0], self.classes, self.operating_point)
+        label, _ = self.decide(probs[0])
         return self._explainer.overlay_png(img, label, float(probs[0][self.classes.index(label)]))
 
     # -- model card ----------------------------------------------------------------------------------------
@@ -179,6 +198,8 @@ class Predictor:
             "versions": c.get("versions", {}),
             "metrics": c.get("metrics", {}),
             "operating_point": self.operating_point,
+            "operating_points": self.operating_points,
+            "decision": self.decision,
             "decision_rule": self.decision_rule(),
             "data": c.get("data", {}),
             "training": c.get("training", {}),
@@ -200,7 +221,8 @@ class Predictor:
         }
 
     def decision_rule(self) -> str:
-        return decision_rule(self.classes, self.operating_point)
+        """How the label follows from the probabilities, naming the deciding operating point."""
+        return rule_in_words(self.classes, self.operating_points, self.decision)
 
     def __repr__(self) -> str:
         return f"Predictor({self.backend.version!r}, backend={self.backend.name!r}, classes={self.classes})"

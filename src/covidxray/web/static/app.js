@@ -44,6 +44,10 @@ async function loadModelCard() {
       ["Classes", card.classes.map(displayName).join(", ")],
     ];
     if (card.decision_rule) rows.push(["Decision rule", card.decision_rule]);
+    for (const [name, p] of Object.entries(card.operating_points || {})) {
+      const mark = name === card.decision ? " (decides)" : "";
+      rows.push([`Operating point ${name}${mark}`, `p(${p.class}) ≥ ${Number(p.threshold).toFixed(3)}` + (p.rule ? `, ${p.rule}` : "")]);
+    }
     if (card.operating_point) rows.push(["Operating point", scalarEntries(card.operating_point).map(([k, v]) => `${k} ${v}`).join("; ")]);
     for (const [k, v] of scalarEntries(card.metrics).slice(0, 12)) rows.push([`Metric: ${k}`, v]);
     for (const [k, v] of scalarEntries(card.data).slice(0, 8)) rows.push([`Data: ${k}`, v]);
@@ -151,6 +155,16 @@ function renderResult(card, result) {
   const top = result.probabilities[result.label];
   $(".label", card).textContent = displayName(result.label) + (top !== undefined ? ` (${percent(top)})` : "");
   $(".prediction", card).hidden = false;
+  const why = $(".why", card);
+  if (result.decision) {
+    const d = result.decision;
+    why.textContent = d.point
+      ? `Why: p(${displayName(d.class)}) = ${percent(d.probability)} ${d.met ? "≥" : "<"} threshold ${percent(d.threshold)} ` +
+        `of the ${d.point} operating point${d.rule ? ` (${d.rule})` : ""}` +
+        (d.met ? "." : `, so the most probable other class.`)
+      : "Why: the most probable class (the model stores no operating point).";
+    why.hidden = false;
+  }
   renderBars($(".bars", card), result.probabilities, result.label);
 
   const warnings = $(".warnings", card);
