@@ -26,6 +26,7 @@ LAYERS = (
     ("imageio", ("covidxray.imageio",)),
     ("preprocess", ("covidxray.preprocess",)),
     ("models", ("covidxray.models",)),
+    ("segmentation", ("covidxray.segmentation",)),
     ("data", ("covidxray.data",)),
     ("bundle", ("covidxray.bundle",)),
     ("training", ("covidxray.training",)),

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "covidxray.evaluation.cli",
     "covidxray.prediction.cli",
     "covidxray.prediction.recalibrate_cli",
+    "covidxray.prediction.segment_cli",
     "covidxray.web.cli",
     "covidxray.pipeline",
 )

@@ -72,6 +72,13 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: %(default)s)")
     p.add_argument("--no-probe", action="store_true", help="skip the source shortcut probe")
+    p.add_argument(
+        "--lung-attention",
+        type=int,
+        default=300,
+        metavar="N",
+        help="in-lung Grad-CAM share on a seeded sample of N evaluated images (0: skip; default: %(default)s)",
+    )
 
 
 def _options(args: argparse.Namespace, **overrides):
@@ -87,6 +94,7 @@ def _options(args: argparse.Namespace, **overrides):
         target_sensitivity=args.target_sensitivity,
         batch_size=args.batch_size,
         probe=not args.no_probe,
+        lung_attention=max(0, args.lung_attention),
         **overrides,
     )
 

@@ -131,6 +131,19 @@ def operating_points_section(
     return out
 
 
+class _Rows:
+    """Rows ``positions`` of a (memory-mapped) image array, indexable like an array without copying it all."""
+
+    def __init__(self, images: np.ndarray, positions: np.ndarray):
+        self.images, self.positions = images, np.asarray(positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, pick):
+        return np.stack([self.images[i] for i in self.positions[pick]])
+
+
 def evaluate(
     bundle_path: str | Path,
     manifest_df: pd.DataFrame,
@@ -175,6 +188,17 @@ def evaluate(
         test_run.features if o.probe else None, o,
     )  # fmt: skip
     result["data"]["task"] = {"classes": classes, "left_out_labels": dropped}
+    if o.lung_attention and getattr(bundle.model.net, "gradcam_layer", ""):
+        from covidxray.evaluation.attention import lung_attention
+        from covidxray.evaluation.inference import manifest_images
+
+        p = bundle.config.preprocessing
+        images = manifest_images(manifest_df, p, cache_dir)
+        positions = manifest_df.index.get_indexer(test_df.index)
+        result["lung_attention"] = lung_attention(
+            bundle.model, p, _Rows(images, positions), test["probs"].argmax(axis=1), test["labels"],
+            test["sources"], classes, max_images=o.lung_attention, seed=o.seed,
+        )  # fmt: skip
     if dropped:
         left = ", ".join(f"{n} {label}" for label, n in dropped.items())
         result.setdefault("notes", []).append(

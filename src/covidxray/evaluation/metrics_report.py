@@ -226,6 +226,46 @@ def add_probe(report: Report, probe: dict[str, Any] | None) -> None:
     report.paragraph(EXPLANATION)
 
 
+LUNG_ATTENTION_EXPLANATION = (
+    "Grad-CAM of the predicted class on the model input; the lung fields come from the shipped lung segmenter "
+    "run on that same input. 'in lungs' is the share of the heatmap's total inside the lung fields; 'lung area' "
+    "is the share of the input the lungs cover, i.e. what a heatmap spread evenly over the image would score. "
+    "A model that reads the lungs should score well above the lung area; one that reads text, markers, borders "
+    "or devices (source shortcuts, DeGrave et al. 2021) scores near or below it."
+)
+
+
+def add_lung_attention(report: Report, att: dict[str, Any] | None) -> None:
+    """The 'Where the model looks' section: in-lung Grad-CAM share overall, per source and per class."""
+    report.heading("Where the model looks: Grad-CAM inside the lung fields", 2)
+    if not att:
+        report.paragraph("Not measured (--lung-attention 0, or the architecture names no Grad-CAM layer).")
+        return
+    rows = []
+    for group, entries in (
+        ("all", {"all images": att["overall"]}),
+        ("source", att["per_source"]),
+        ("class", att["per_class"]),
+    ):
+        for name, m in entries.items():
+            label = name if group == "all" else f"{group}: {name}"
+            rows.append(
+                [
+                    label,
+                    m["n_images"],
+                    fmt(m.get("in_lung_share")),
+                    fmt(m.get("median")),
+                    fmt(m.get("lung_area")),
+                ]
+            )
+    report.table(["images", "n", "in lungs (mean)", "in lungs (median)", "lung area"], rows)
+    smp = att["sampled"]
+    report.paragraph(
+        f"{smp['n_images']} of {smp['of']} evaluated images (seeded sample, seed {smp['seed']}). "
+        + LUNG_ATTENTION_EXPLANATION
+    )
+
+
 def evaluation_report(result: dict[str, Any]) -> Report:
     data, model = result["data"], result.get("model", {})
     title = f"Evaluation of {model.get('architecture', 'a model')} on the '{data['split']}' split"
@@ -260,6 +300,7 @@ def evaluation_report(result: dict[str, Any]) -> Report:
     add_operating_points(report, result.get("operating_points"))
     add_site_curve(report, result.get("site_curve"))
     add_probe(report, result.get("probe"))
+    add_lung_attention(report, result.get("lung_attention"))
     report.heading("Per source", 2)
     report.paragraph(
         "The same metrics for each source separately. A metric that needs a class the source does not "

@@ -52,6 +52,9 @@ def describe_preprocessing(p: Preprocessing) -> str:
         "squash": f"resize to {p.image_size}x{p.image_size} ignoring the aspect ratio (bilinear)",
         "pad": f"pad to a square with black, then resize to {p.image_size}x{p.image_size} (bilinear)",
         "crop": f"centre-crop to a square, then resize to {p.image_size}x{p.image_size} (bilinear)",
+        "lungcrop": f"crop to the lung fields' bounding box (covidxray lung segmenter {p.lung_segmenter or '?'}, "
+        f"its ONNX in the covidxray package) widened by {p.lungcrop_margin:g} of its size on each side, then "
+        f"resize to {p.image_size}x{p.image_size} (bilinear)",
     }[p.resize]
     intensity = {
         "equalize": "histogram equalisation (PIL ImageOps.equalize) on the 8-bit image",

@@ -28,6 +28,15 @@ class DecisionInfo(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class LungFields(BaseModel):
+    """What the lung segmenter found (SCR convention: lung fields as seen, heart excluded)."""
+
+    area_fraction: float = Field(description="lung pixels / image pixels")
+    components: int = Field(description="connected lung regions (2 expected)")
+    balance: float = Field(description="smaller / larger of the left and right halves' lung areas")
+    quality: str = Field(description="ok, no_lungs, small, large, one_component or unbalanced")
+
+
 class ImagePrediction(BaseModel):
     """The result for one uploaded image."""
 
@@ -46,6 +55,10 @@ class ImagePrediction(BaseModel):
         None, description="base64 PNG rendered by the server from the decoded pixels (with preview=true)"
     )
     gradcam_png: str | None = Field(None, description="base64 PNG Grad-CAM overlay (with explain=true)")
+    lungs: LungFields | None = Field(None, description="lung fields found by the shipped segmenter")
+    gradcam_lung_share: float | None = Field(
+        None, description="share of the Grad-CAM heatmap inside the lung fields (with explain=true)"
+    )
 
 
 class PredictResponse(BaseModel):

@@ -103,6 +103,21 @@ class PredictionService:
                 422, "undecodable_image", f"{upload.filename}: {exc.detail}", upload.filename, exc.hint
             ) from exc
 
+    def _explanation(self, image: LoadedImage) -> tuple[bytes, float | None]:
+        """Grad-CAM overlay PNG and its in-lung share (None when the predictor cannot measure it)."""
+        details = getattr(self.predictor, "explanation", None)
+        if details is None:
+            return self.predictor.explain(image), None
+        e = details(image)
+        return e.png, e.lung_share
+
+    def _lung_masks(self, images: list[LoadedImage]) -> list[Any]:
+        """Lung masks for the preview outlines (Nones when the predictor has no segmenter)."""
+        segment = getattr(self.predictor, "segment_lungs", None)
+        if segment is None:
+            return [None] * len(images)
+        return [None if s is None else s.mask for s in segment(images, always=True)]
+
     def run(
         self, uploads: Sequence[Upload], explain: bool = False, preview: bool = False
     ) -> list[ImagePrediction]:
@@ -130,7 +145,8 @@ class PredictionService:
             overlay = None
             if explain:
                 with self._explain_lock:
-                    overlay = self.predictor.explain(img)
+                    overlay = self._explanation(img)
+            mask = self._lung_masks([img])[0] if preview else None
             width, height = img.original_size or (img.width, img.height)
             results.append(
                 ImagePrediction(
@@ -143,10 +159,12 @@ class PredictionService:
                     width=width,
                     height=height,
                     format=img.format,
-                    preview_png=_b64(render_preview(img.pixels, self.settings.preview_max_side))
+                    preview_png=_b64(render_preview(img.pixels, self.settings.preview_max_side, mask))
                     if preview
                     else None,
-                    gradcam_png=_b64(overlay) if overlay is not None else None,
+                    gradcam_png=_b64(overlay[0]) if overlay is not None else None,
+                    gradcam_lung_share=overlay[1] if overlay is not None else None,
+                    lungs=getattr(pred, "lungs", None),
                 )
             )
             del img
