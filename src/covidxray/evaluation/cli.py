@@ -131,6 +131,9 @@ TRAIN_FLAGS = (  # (flag, TrainConfig field, type, help)
     ("--epoch-samples", "epoch_samples", int, "images drawn per training epoch"),
     ("--threads", "threads", int, "torch threads for training"),
     ("--init", "init", str, "weight initialisation: default | glorot | he"),
+    ("--adversary", "adversary", str, "source adversary: none | marginal | conditional"),
+    ("--adversary-weight", "adversary_weight", float, "final gradient-reversal lambda"),
+    ("--acquisition", "acquisition", float, "acquisition randomisation probability per transform"),
 )
 
 

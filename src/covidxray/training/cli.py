@@ -13,6 +13,7 @@ from pathlib import Path
 
 from covidxray.cli import EXIT_INPUT, EXIT_USAGE, CLIError
 from covidxray.training.config import (
+    ADVERSARIES,
     AUGMENTS,
     CLASS_WEIGHTS,
     INITS,
@@ -65,6 +66,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init",
         choices=INITS,
         help="weight initialisation: default (the architecture's own), glorot (Keras, as in the seeds), he",
+    )
+    a(
+        "--adversary",
+        choices=ADVERSARIES,
+        help="source adversary on the features behind gradient reversal: marginal (predict the source) or "
+        "conditional (predict the source within each class); default none",
+    )
+    a("--adversary-weight", type=float, help="final gradient-reversal lambda (DANN schedule from 0; default 0.3)")
+    a(
+        "--acquisition",
+        type=float,
+        help="acquisition randomisation: chance of each scanner-like transform per image (gamma, window, "
+        "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); default 0 (off)",
     )
     a("--freeze-backbone", action="store_true", default=None, help="train the head only")
     a("--patience", type=int, help="epochs without validation improvement before stopping (0: never)")

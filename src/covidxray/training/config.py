@@ -37,6 +37,7 @@ AUGMENTS = ("seed002", "light", "none")
 CLASS_WEIGHTS = ("auto", "none")
 SAMPLERS = ("balanced", "shuffle")
 INITS = ("default", "glorot", "he")  # weight initialisation schemes, see covidxray.models.init
+ADVERSARIES = ("none", "marginal", "conditional")  # source-adversarial forms, see covidxray.training.adversary
 
 
 class ConfigError(ValueError):
@@ -105,6 +106,9 @@ class TrainConfig:
     epoch_samples: int = (
         0  # images drawn per epoch (0: as many as the train split has); for slow models on CPU
     )
+    adversary: str = "none"  # source adversary behind gradient reversal: none | marginal | conditional
+    adversary_weight: float = 0.3  # the reversal's final lambda (DANN schedule from 0), see .adversary
+    acquisition: float = 0.0  # acquisition randomisation: chance of each scanner-like transform (0: off), .augment
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -119,6 +123,7 @@ class TrainConfig:
             ("class_weights", CLASS_WEIGHTS),
             ("sampler", SAMPLERS),
             ("init", INITS),
+            ("adversary", ADVERSARIES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -136,6 +141,10 @@ class TrainConfig:
             raise ConfigError(f"epoch_samples must not be negative, got {self.epoch_samples}")
         if self.workers < 0 or self.patience < 0 or self.checkpoint_every < 0 or (self.threads or 0) < 0:
             raise ConfigError("workers, patience, checkpoint_every and threads must not be negative")
+        if self.adversary_weight < 0:
+            raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
+        if not 0 <= self.acquisition <= 1:
+            raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
 
