@@ -89,10 +89,19 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
             continue
         info = json.loads((run / "run.json").read_text())
         seconds[fold] = info["train_seconds"]
-        p_all, feats = predict(run, df, cache_dir)
+        # only the rows a figure needs: held-out source + in-source val (folds), test split (all sources)
+        need = (split == "test") if fold == "all" else ((src == fold) | ((src != fold) & (split == "val")))
+        rows = np.flatnonzero(need)
+        p_rows, f_rows = predict(run, df, cache_dir, rows)
+        p_all = np.full(len(df), np.nan)
+        p_all[rows] = p_rows
+        feats = np.zeros((len(df), f_rows.shape[1]), np.float32)
+        feats[rows] = f_rows
         p_jsrt, _ = predict(run, jsrt, cache_dir)
         preds[fold] = (p_all, feats, p_jsrt)
-        out.setdefault("config", {k: v for k, v in info["config"].items() if k not in ("out", "holdout_source")})
+        out.setdefault(
+            "config", {k: v for k, v in info["config"].items() if k not in ("out", "holdout_source")}
+        )
     for fold in FOLDS:
         if fold not in preds:
             continue
@@ -113,14 +122,33 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         out["folds"][fold] = f
     # pooled out-of-source predictions of both folds -> the operating points a bundle of this row would store
     if all(f in preds for f in FOLDS):
-        y_pool = np.concatenate([is_covid[src == f] for f in FOLDS])
+        y_pool = np.concatenate([is_covid[src == f] for f in FOLDS]).astype(bool)
         p_pool = np.concatenate([preds[f][0][src == f] for f in FOLDS])
-        out["pooled"] = {
-            "balanced": balanced_threshold(y_pool, p_pool),
-            "screening": threshold_for_sensitivity(y_pool, p_pool, 0.95),
+        where = {
+            "description": "pooled out-of-source leave-one-source-out predictions (cohen held out, "
+            "radiography held out)",
             "n_images": int(len(y_pool)),
-            "n_covid": int(y_pool.sum()),
+            "n_positive": int(y_pool.sum()),
+            "n_negative": int((~y_pool).sum()),
         }
+        t_bal, t_scr = balanced_threshold(y_pool, p_pool), threshold_for_sensitivity(y_pool, p_pool, 0.95)
+        out["pooled"] = {"balanced": t_bal, "screening": t_scr}
+        # in the form of a bundle's config.json "operating_points" (covidxray.decision, issue #18)
+        out["operating_points"] = {
+            "screening": {
+                "class": COVID,
+                "threshold": t_scr,
+                "rule": "sensitivity>=0.95",
+                "chosen_on": where,
+            },
+            "balanced": {
+                "class": COVID,
+                "threshold": t_bal,
+                "rule": "max min(sensitivity,specificity)",
+                "chosen_on": where,
+            },
+        }
+        out["decision"] = "balanced"
         out["mean_auc_out"] = float(np.mean([out["folds"][f]["auc_out"]["value"] for f in FOLDS]))
     if "all" in preds:
         p_all, feats, p_jsrt = preds["all"]
@@ -143,34 +171,49 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
     return out
 
 
+def _rates(d: dict | None) -> str:
+    return "n/a" if not d else f"{d['sensitivity']:.2f} / {d['specificity']:.2f}"
+
+
+def _share(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def table(rows: list[dict]) -> str:
-    head = (
-        "| row | COVID AUC out, cohen held out | COVID AUC out, radiography held out | mean | "
-        "sens / spec on held-out cohen (travel) | sens / spec on held-out radiography (travel) | "
-        "same, in-source threshold (cohen; radiography) | JSRT called COVID (fold models) | "
-        "COVID AUC within Radiography / cohen (all) | probe | JSRT called COVID (all, balanced) | "
-        "training min (all; 3 runs) |"
-    )
-    lines = [head, "|" + "---|" * head.count("|")[:-1] if False else "|" + "---|" * (head.count("|") - 1)]
+    """The markdown ablation table, one line per row."""
+    head = [
+        "row",
+        "COVID AUC out-of-source, cohen held out",
+        "COVID AUC out-of-source, radiography held out",
+        "mean",
+        "sens / spec on held-out cohen (point from the other fold)",
+        "sens / spec on held-out radiography (point from the other fold)",
+        "same at the in-source sens-0.95 point (cohen; radiography)",
+        "JSRT called COVID (fold models)",
+        "COVID AUC within Radiography / within cohen (all sources)",
+        "probe (all sources)",
+        "JSRT called COVID (all sources, pooled balanced point)",
+        "training min (3 runs)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         f, a = r["folds"], r.get("all", {})
-
-        def ss(fold, key):
-            d = f.get(fold, {}).get(key)
-            return "n/a" if not d else f"{d['sensitivity']:.2f} / {d['specificity']:.2f}"
-
-        js = "; ".join(f"{f[k]['jsrt_covid_share']:.0%}" for k in FOLDS if "jsrt_covid_share" in f.get(k, {}))
-        secs = r["train_seconds"]
-        lines.append(
-            f"| {r['row']} | {fmt(f.get('cohen', {}).get('auc_out'))} | "
-            f"{fmt(f.get('radiography', {}).get('auc_out'))} | "
-            f"{r.get('mean_auc_out', float('nan')):.3f} | {ss('cohen', 'travel')} | {ss('radiography', 'travel')} | "
-            f"{ss('cohen', 'in_source')}; {ss('radiography', 'in_source')} | {js or 'n/a'} | "
-            f"{fmt(a.get('auc_within_radiography'))} / {fmt(a.get('auc_within_cohen'))} | "
-            f"{a.get('probe', float('nan')):.3f} | "
-            f"{a['jsrt_covid_share_balanced']:.0%} | " if "jsrt_covid_share_balanced" in a else "n/a | "
-        )
-        lines[-1] += f"{secs.get('all', 0) / 60:.1f}; {sum(secs.values()) / 60:.1f} |"
+        mean = r.get("mean_auc_out")
+        cells = [
+            r["row"],
+            fmt(f.get("cohen", {}).get("auc_out")),
+            fmt(f.get("radiography", {}).get("auc_out")),
+            "n/a" if mean is None else f"{mean:.3f}",
+            _rates(f.get("cohen", {}).get("travel")),
+            _rates(f.get("radiography", {}).get("travel")),
+            f"{_rates(f.get('cohen', {}).get('in_source'))}; {_rates(f.get('radiography', {}).get('in_source'))}",
+            "; ".join(_share(f.get(k, {}).get("jsrt_covid_share")) for k in FOLDS),
+            f"{fmt(a.get('auc_within_radiography'))} / {fmt(a.get('auc_within_cohen'))}" if a else "not run",
+            f"{a['probe']:.3f}" if a.get("probe") is not None else "not run",
+            _share(a.get("jsrt_covid_share_balanced")),
+            f"{sum(r['train_seconds'].values()) / 60:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

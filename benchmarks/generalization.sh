@@ -14,14 +14,15 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do FOLDS+=("$1"); shift; done
 [ $# -gt 0 ] && shift
 [ ${#FOLDS[@]} -eq 0 ] && FOLDS=(cohen radiography all)
 MANIFEST=${MANIFEST:-runs/data/manifest.csv}
-EPOCHS=${EPOCHS:-12}
-SAMPLES=${SAMPLES:-2048}
+EPOCHS=${EPOCHS:-8}
+SIZE=${SIZE:-64}
+SAMPLES=${SAMPLES:-1536}
 export OMP_NUM_THREADS=1
 for fold in "${FOLDS[@]}"; do
   out=runs/gen/$ROW/$fold
   if grep -qs '"status": "completed"' "$out/run.json"; then echo "kept $out"; continue; fi
   hold=(); [ "$fold" != all ] && hold=(--holdout-source "$fold")
   .venv/bin/python -m covidxray.cli train --manifest "$MANIFEST" --model seed_cnn6 --out "$out" "${hold[@]}" \
-    --init glorot --image-size 96 --epochs "$EPOCHS" --epoch-samples "$SAMPLES" --patience 10 --threads 1 \
+    --init glorot --image-size "$SIZE" --epochs "$EPOCHS" --epoch-samples "$SAMPLES" --patience 10 --threads 1 \
     --no-progress "$@"
 done

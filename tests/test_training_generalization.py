@@ -122,7 +122,10 @@ def test_cli_flags_reach_the_run_and_weights_do_not_depend_on_workers(
             "--adversary", "conditional", "--adversary-weight", "0.5", "--acquisition", "0.5"]  # fmt: skip
     for workers in (0, 2):  # its own cache each: the workers decode the images
         out = tmp_path / f"w{workers}"
-        assert main([*argv, "--out", str(out), "--workers", str(workers), "--cache-dir", str(out / "cache")]) == 0
+        assert (
+            main([*argv, "--out", str(out), "--workers", str(workers), "--cache-dir", str(out / "cache")])
+            == 0
+        )
     cfg = json.loads((tmp_path / "w2" / "run.json").read_text())["config"]
     assert (cfg["adversary"], cfg["adversary_weight"], cfg["acquisition"]) == ("conditional", 0.5, 0.5)
     w0, w2 = _weights(tmp_path / "w0"), _weights(tmp_path / "w2")

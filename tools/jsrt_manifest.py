@@ -25,7 +25,9 @@ def build(root: Path, out: Path) -> int:
     """Write ``out`` (+ its ``.json`` sidecar naming the data root); returns the number of rows."""
     meta = root / "jsrt_metadata.csv"
     if not meta.is_file():
-        raise SystemExit(f"{meta} not found: give --root the JSRT folder (with images/ and jsrt_metadata.csv)")
+        raise SystemExit(
+            f"{meta} not found: give --root the JSRT folder (with images/ and jsrt_metadata.csv)"
+        )
     rows = []
     with meta.open(newline="") as fh:
         for r in csv.DictReader(fh):

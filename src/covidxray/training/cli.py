@@ -73,7 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="source adversary on the features behind gradient reversal: marginal (predict the source) or "
         "conditional (predict the source within each class); default none",
     )
-    a("--adversary-weight", type=float, help="final gradient-reversal lambda (DANN schedule from 0; default 0.3)")
+    a(
+        "--adversary-weight",
+        type=float,
+        help="final gradient-reversal lambda (DANN schedule from 0; default 0.5)",
+    )
     a(
         "--acquisition",
         type=float,

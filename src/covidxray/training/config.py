@@ -17,6 +17,12 @@ probability and, within a label, every source with equal probability (no collect
 ``shuffle`` is a plain permutation. ``class_weights="auto"`` weights the loss by the inverse label frequency
 *as the sampler delivers it*: with ``balanced`` the labels already arrive equally often, so the weights are 1.
 
+**Generalisation to other hospitals** (issue #12; BENCHMARKS.md, "Generalization ablation"):
+``adversary`` = ``marginal`` or ``conditional`` adds a source classifier on the penultimate features behind a
+gradient-reversal layer whose lambda ramps from 0 to ``adversary_weight`` (:mod:`covidxray.training.adversary`);
+``acquisition`` > 0 adds scanner-like randomisation (gamma, window, blur/sharpen, noise, JPEG, down-up sampling,
+border crop/pad, corner boxes), each transform on that share of images (:mod:`covidxray.training.augment`).
+
 **Best model**: ``model/`` holds the epoch with the highest validation macro ROC AUC; when the validation split
 has a single class (AUC undefined) the lowest validation loss is used instead. Early stopping and the LR
 schedule (ReduceLROnPlateau, factor 0.5) watch the same score.
@@ -37,7 +43,11 @@ AUGMENTS = ("seed002", "light", "none")
 CLASS_WEIGHTS = ("auto", "none")
 SAMPLERS = ("balanced", "shuffle")
 INITS = ("default", "glorot", "he")  # weight initialisation schemes, see covidxray.models.init
-ADVERSARIES = ("none", "marginal", "conditional")  # source-adversarial forms, see covidxray.training.adversary
+ADVERSARIES = (
+    "none",
+    "marginal",
+    "conditional",
+)  # source-adversarial forms, see covidxray.training.adversary
 
 
 class ConfigError(ValueError):
@@ -107,8 +117,10 @@ class TrainConfig:
         0  # images drawn per epoch (0: as many as the train split has); for slow models on CPU
     )
     adversary: str = "none"  # source adversary behind gradient reversal: none | marginal | conditional
-    adversary_weight: float = 0.3  # the reversal's final lambda (DANN schedule from 0), see .adversary
-    acquisition: float = 0.0  # acquisition randomisation: chance of each scanner-like transform (0: off), .augment
+    adversary_weight: float = 0.5  # the reversal's final lambda (DANN schedule from 0), see .adversary
+    acquisition: float = (
+        0.0  # acquisition randomisation: chance of each scanner-like transform (0: off), .augment
+    )
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)

@@ -143,7 +143,17 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-SUMS = ("loss", "correct", "seen", "seconds", "train_seconds", "adv_loss", "adv_correct", "adv_seen", "adv_lambda")
+SUMS = (
+    "loss",
+    "correct",
+    "seen",
+    "seconds",
+    "train_seconds",
+    "adv_loss",
+    "adv_correct",
+    "adv_seen",
+    "adv_lambda",
+)
 
 
 class _Adversarial(torch.nn.Module):
@@ -224,7 +234,9 @@ class _Run:
         if cfg.adversary == "none":
             return None, names
         if len(names) < 2:
-            raise ConfigError(f"adversary {cfg.adversary!r} needs training images from 2+ sources, got {names}")
+            raise ConfigError(
+                f"adversary {cfg.adversary!r} needs training images from 2+ sources, got {names}"
+            )
         with torch.no_grad():
             probe = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
             n_features = int(self.model.eval().features(probe).flatten(1).shape[1])
