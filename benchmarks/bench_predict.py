@@ -34,7 +34,7 @@ THREADS = 2
 
 # -- models ------------------------------------------------------------------------------------------------------
 def pick_model(arg: str | None) -> tuple[Path | None, str]:
-    from covidxray.prediction.predictor import DEFAULT_MODEL_DIR
+    from covidxray.bundle import DEFAULT_MODEL_DIR
 
     if arg:
         return Path(arg), "given"

@@ -64,7 +64,7 @@ def choose_model(requested: str | None, tmp: Path) -> tuple[str | None, str]:
     """The bundle to serve and why: as requested, the shipped default, else a stand-in built in ``tmp``."""
     if requested:
         return requested, "given with --model"
-    from covidxray.prediction.predictor import DEFAULT_MODEL_DIR
+    from covidxray.bundle import DEFAULT_MODEL_DIR
 
     if (DEFAULT_MODEL_DIR / "config.json").exists():
         return None, f"shipped default model ({DEFAULT_MODEL_DIR})"

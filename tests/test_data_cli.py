@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from covidxray.cli import EXIT_INPUT, main
+from covidxray.cli import main
+from covidxray.errors import EXIT_INPUT
 from test_data_trees import cohen_tree, kermany_tree
 
 

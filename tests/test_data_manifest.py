@@ -155,3 +155,18 @@ def test_balance_equalises_labels_within_each_split(root: Path, tmp_path: Path):
 def test_same_seed_same_split_other_seed_may_differ(root: Path, manifest: Path, tmp_path: Path):
     again = read_manifest(build_manifest(root, tmp_path / "m.csv", workers=1))
     assert again["split"].tolist() == read_manifest(manifest)["split"].tolist()
+
+
+def test_saved_models_name_their_data_root_without_this_machines_path(tmp_path, monkeypatch):
+    import json
+
+    from covidxray.bundle import DEFAULT_MODEL_DIR
+    from covidxray.data.manifest import root_label
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    assert root_label(tmp_path / "shared" / "data") == "../shared/data"
+    assert root_label("/elsewhere/xrays") == "xrays"  # far from the working directory: its folder name
+    shipped = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["data"]["root"]
+    assert not Path(shipped).is_absolute()

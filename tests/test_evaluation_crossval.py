@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from covidxray import NOT_FOR_CLINICAL_USE
 from covidxray.evaluation.crossval import crossval_report, fold_dir, fold_summary
-from covidxray.evaluation.report import fmt
-from covidxray.evaluation.results import EvaluationOptions, evaluate_predictions
+from covidxray.evaluation.document import fmt
+from covidxray.evaluation.metrics_json import EvaluationOptions, evaluate_predictions
 
 CLASSES = ["covid", "normal", "pneumonia"]
 
@@ -90,3 +91,48 @@ def test_crossval_command_one_epoch(tmp_path, capsys):
     run = json.loads((fold_dir(out, "beta") / "run.json").read_text())
     assert run["config"]["holdout_source"] == "beta"
     assert "beta" in capsys.readouterr().out and (out / "crossval.html").is_file()
+
+
+def test_crossval_offers_every_training_option_with_its_choices(tmp_path):
+    from dataclasses import fields
+
+    from covidxray.cli import build_parser
+    from covidxray.evaluation.cli import CROSSVAL_TRAIN_FIELDS, train_options
+    from covidxray.training.config import TrainConfig
+
+    parser = build_parser()
+    base = ["crossval", "--model", "seed_cnn2", "--manifest", "m.csv", "--all"]
+    names = {f.name for f in fields(TrainConfig)} - {
+        "manifest",
+        "model",
+        "out",
+        "holdout_source",
+        "cache_dir",
+    }
+    assert set(CROSSVAL_TRAIN_FIELDS) == names - {"progress"}
+    config = tmp_path / "fold.yaml"
+    config.write_text("epochs: 3\nintensity: minmax\n")
+    args = parser.parse_args(
+        [
+            *base,
+            "--config",
+            str(config),
+            "--epochs",
+            "2",
+            "--resize",
+            "pad",
+            "--channels",
+            "3",
+            "--train-seed",
+            "4",
+        ]
+    )
+    assert train_options(args) == {
+        "epochs": 2,
+        "intensity": "minmax",
+        "resize": "pad",
+        "channels": 3,
+        "seed": 4,
+    }
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--optimizer", "adamw"])  # choices, not help text

@@ -107,7 +107,7 @@ def test_evaluate_command_end_to_end(tiny_bundle, manifest, tmp_path, capsys):
 
 def test_evaluate_refuses_a_missing_model(manifest, tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path), "--manifest", str(manifest)]) == 5
-    assert "no model bundle" in capsys.readouterr().err
+    assert "no model here" in capsys.readouterr().err
 
 
 def test_compare_two_runs(tiny_bundle, manifest, tmp_path):

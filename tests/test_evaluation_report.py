@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from covidxray import NOT_FOR_CLINICAL_USE
-from covidxray.evaluation.evaluate_report import evaluation_report
+from covidxray.evaluation.metrics_json import EvaluationOptions, confounding_warnings, evaluate_predictions
+from covidxray.evaluation.metrics_report import evaluation_report
 from covidxray.evaluation.probe import source_probe
-from covidxray.evaluation.results import EvaluationOptions, confounding_warnings, evaluate_predictions
 
 CLASSES = ["covid", "normal", "pneumonia"]
 FAST = EvaluationOptions(n_resamples=200)

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from covidxray.data.tasks import task_labels
-from covidxray.evaluation.report import fmt
-from covidxray.evaluation.results import EvaluationOptions, evaluate_predictions
-from covidxray.evaluation.summary import summary_lines
+from covidxray.evaluation.document import fmt
+from covidxray.evaluation.metrics_json import EvaluationOptions, evaluate_predictions
+from covidxray.evaluation.terminal_summary import summary_lines
 
 CLASSES = ["covid", "normal", "pneumonia"]
 

@@ -272,3 +272,21 @@ def test_init_rejects_an_unknown_scheme() -> None:
 
     with pytest.raises(ValueError, match="must be one of"):
         initialize(create_model("seed_cnn2"), "lecun")
+
+
+def test_xraynet_checks_its_input_range_in_eval_and_on_the_first_training_batch_only() -> None:
+    import warnings
+
+    torch.manual_seed(0)
+    model = XRayNet(create_model("seed_cnn2", num_classes=3, in_channels=1, image_size=32), 0.5, 0.25, 3)
+    raw = torch.full((2, 1, 32, 32), 255.0)  # raw pixel values: the caller forgot to preprocess
+    with pytest.warns(UserWarning, match=r"\[0, 1\] is expected"):
+        model.train()(raw)  # the first training batch is checked
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(raw)  # later training batches are not: no min/max on every step
+    model.eval()
+    with torch.no_grad(), pytest.warns(UserWarning, match=r"\[0, 1\] is expected"):
+        model(raw)
+    with torch.no_grad(), pytest.warns(UserWarning, match=r"\[0, 1\] is expected"):
+        model.probabilities_and_features(raw)  # every eval call

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import xray_like
-from covidxray.cli import EXIT_INPUT, EXIT_MODEL, EXIT_REFUSED, EXIT_USAGE, main
+from covidxray.cli import main
+from covidxray.errors import EXIT_INPUT, EXIT_MODEL, EXIT_REFUSED, EXIT_USAGE
 
 
 def make_dicom(path: Path, pixels: np.ndarray | None = None, compressed: bool = False) -> Path:
@@ -171,9 +172,9 @@ def test_bad_model_paths_exit_5(tmp_path, xray_png, capsys):
 
 
 def test_missing_default_model_says_how_to_get_one(xray_png, capsys, monkeypatch, tmp_path):
-    import covidxray.prediction.predictor as predictor
+    import covidxray.bundle as bundle
 
-    monkeypatch.setattr(predictor, "DEFAULT_MODEL_DIR", tmp_path / "no_default_model")
+    monkeypatch.setattr(bundle, "DEFAULT_MODEL_DIR", tmp_path / "no_default_model")
     assert main(["predict", "--image", str(xray_png)]) == EXIT_MODEL
     err = capsys.readouterr().err
     assert "no default model is installed" in err and "covidxray run" in err

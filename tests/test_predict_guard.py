@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 import covidxray
 from conftest import xray_like
-from covidxray.cli import EXIT_REFUSED, main
+from covidxray.cli import main
+from covidxray.errors import EXIT_REFUSED
 from covidxray.imageio import LoadedImage, load_image
 from covidxray.prediction.guard import FeatureDistance, fit_guard, image_stats, stats_warnings
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from covidxray.bundle import load_bundle
-from covidxray.cli import EXIT_INPUT, EXIT_USAGE, main
+from covidxray.cli import main
 from covidxray.data.manifest import read_manifest
+from covidxray.errors import EXIT_INPUT, EXIT_USAGE
 from covidxray.training.config import TrainConfig
 from covidxray.training.trainer import train
 from test_training_data import make_manifest

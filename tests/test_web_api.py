@@ -327,7 +327,8 @@ def test_onnx_backend_serves_predictions_and_refuses_explain(bundle, predictor, 
 
 
 def test_serve_refuses_a_missing_model_with_exit_code_5(tmp_path, capsys):
-    from covidxray.cli import EXIT_MODEL, main
+    from covidxray.cli import main
+    from covidxray.errors import EXIT_MODEL
 
     assert main(["serve", "--model", str(tmp_path / "nope"), "--audit-db", "none"]) == EXIT_MODEL
     assert "cannot load model" in capsys.readouterr().err

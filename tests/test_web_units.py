@@ -159,7 +159,8 @@ def test_settings_validate():
 
 
 def test_serve_options_parse_and_bad_values_exit_2(capsys):
-    from covidxray.cli import EXIT_USAGE, build_parser, main
+    from covidxray.cli import build_parser, main
+    from covidxray.errors import EXIT_USAGE
 
     argv = ["serve", "--model", "runs/m", "--port", "9001", "--max-upload-mb", "5", "--audit-db", "none",
             "--keep-uploads", "kept", "--workers", "3", "--threads", "2"]  # fmt: skip

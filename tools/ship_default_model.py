@@ -192,22 +192,13 @@ def main() -> None:
     from covidxray.bundle import read_config
     from covidxray.data.credits import format_credits
     from covidxray.data.manifest import read_manifest
-    from covidxray.prediction.cli import run_guard
     from covidxray.prediction.export import export_onnx
+    from covidxray.prediction.guard import fit_guard_on_split
 
     bundle = args.run / "model"
     metrics = json.loads((args.run / "evaluation" / "metrics.json").read_text())
     if not read_config(bundle).guard:
-        run_guard(
-            argparse.Namespace(
-                model=str(bundle),
-                manifest=args.manifest,
-                split="train",
-                cache_dir=args.cache_dir,
-                quantile=0.99,
-                max_images=3000,
-            )
-        )
+        fit_guard_on_split(bundle, read_manifest(args.manifest), args.cache_dir, split="train")
     onnx, facts_file = bundle / "model.onnx", args.run / "onnx_export.json"
     if (
         onnx.exists()

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-NOT_FOR_CLINICAL_USE = (
-    "Research use only: covidxray is not a medical device and must not be used for clinical diagnosis."
-)
+from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 
 __all__ = ["NOT_FOR_CLINICAL_USE", "__version__", "load_model"]
 

@@ -13,20 +13,21 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from covidxray import NOT_FOR_CLINICAL_USE, __version__
-from covidxray.models.base import XRayNet
-from covidxray.models.registry import create_model
+from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 from covidxray.preprocess import Preprocessing
+
+if TYPE_CHECKING:  # torch is imported where a network is built, so the ONNX path resolves models without it
+    from covidxray.models.base import XRayNet
 
 FORMAT = "covidxray-bundle"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+ONNX_FILE = "model.onnx"
+BACKENDS = ("torch", "onnx")  # what runs a model: the bundle through PyTorch, or its ONNX export
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 INTENDED_USE = (
     "Research on chest X-ray classification (COVID-19 / pneumonia / normal) and on its failure modes, "
     "e.g. reproducing published CNN results and measuring cross-source generalisation. "
@@ -36,6 +37,10 @@ INTENDED_USE = (
 
 class BundleError(ValueError):
     """A bundle that cannot be loaded, with what is wrong and what to do."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be found or loaded (CLI exit code 5), with what to do about it."""
 
 
 @dataclass
@@ -160,6 +165,9 @@ class Bundle:
 
 
 def build_network(config: BundleConfig) -> XRayNet:
+    from covidxray.models.base import XRayNet
+    from covidxray.models.registry import create_model
+
     """An untrained network exactly as the config describes it."""
     net = create_model(
         config.architecture,
@@ -171,10 +179,14 @@ def build_network(config: BundleConfig) -> XRayNet:
 
 
 def _versions() -> dict[str, str]:
+    import torch
+
     return {"covidxray": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def save_bundle(path: str | Path, model: XRayNet, config: BundleConfig) -> Path:
+    from safetensors.torch import save_file
+
     """Write ``model.safetensors`` + ``config.json`` into the folder ``path`` (created if needed)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +221,8 @@ def read_config(path: str | Path) -> BundleConfig:
 
 def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     """Rebuild a saved model (no pickle): architecture from ``config.json``, weights from safetensors."""
+    from safetensors.torch import load_file
+
     p = Path(path)
     if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
         p = p.parent
@@ -237,3 +251,56 @@ def update_bundle(path: str | Path, **changes: Any) -> BundleConfig:
         setattr(config, k, v)
     write_config(path, config)
     return config
+
+
+# -- finding a model -----------------------------------------------------------------------------------------
+def _no_default_model() -> ModelLoadError:
+    return ModelLoadError(
+        f"no --model given and no default model is installed in {DEFAULT_MODEL_DIR}. Get one by training: "
+        "'covidxray run' (manifest, training, evaluation), then pass the run with --model runs/<name>; "
+        "or copy a bundle (config.json, model.safetensors) and its export "
+        "('covidxray export --model runs/<name>', giving model.onnx) into that folder"
+    )
+
+
+def resolve_model_path(path: str | Path | None, backend: str = "torch") -> Path:
+    """The bundle folder (torch) or ``.onnx`` file (onnx) meant by ``path``: a bundle folder, a training run
+    folder (``<run>/model``), a bundle's ``config.json``, an ``.onnx`` file, or None for the shipped default.
+
+    Raises :class:`ModelLoadError` saying what was expected when there is no such model."""
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    wanted = ONNX_FILE if backend == "onnx" else CONFIG_FILE
+    if path is None:
+        if not (DEFAULT_MODEL_DIR / wanted).exists():
+            raise _no_default_model()
+        p = DEFAULT_MODEL_DIR
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise ModelLoadError(
+                f"{p}: model path does not exist (expected a bundle folder, a run folder or a .onnx file)"
+            )
+    if p.is_file():
+        if p.suffix == ".onnx":
+            if backend != "onnx":
+                raise ModelLoadError(
+                    f"{p} is an ONNX file: use the onnx backend (--backend onnx), or pass the bundle"
+                )
+            return p
+        if p.name not in (CONFIG_FILE, WEIGHTS_FILE):
+            raise ModelLoadError(f"{p}: not a model (expected a bundle folder, a run folder or a .onnx file)")
+        p = p.parent
+    for cand in (p, p / "model"):
+        if (cand / wanted).exists():
+            return cand / ONNX_FILE if backend == "onnx" else cand
+    if backend == "onnx" and any((c / CONFIG_FILE).exists() for c in (p, p / "model")):
+        bundle = p if (p / CONFIG_FILE).exists() else p / "model"
+        raise ModelLoadError(
+            f"{bundle}: no {ONNX_FILE} in this bundle; export it with "
+            f"'covidxray export --model {bundle}', or use --backend torch"
+        )
+    raise ModelLoadError(
+        f"{p}: no model here (expected {CONFIG_FILE} + {WEIGHTS_FILE} in it or in {p / 'model'}); "
+        "a bundle is the folder written by 'covidxray train'"
+    )

@@ -10,7 +10,8 @@ import argparse
 import importlib
 import sys
 
-from covidxray import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.errors import EXIT_USAGE, CLIError
 
 # In data-flow order: sources -> manifest -> training -> evaluation -> prediction -> web -> the whole pipeline.
 COMMAND_MODULES = (
@@ -21,22 +22,6 @@ COMMAND_MODULES = (
     "covidxray.web.cli",
     "covidxray.pipeline",
 )
-
-# Documented exit codes (README "Exit codes").
-EXIT_OK = 0
-EXIT_ERROR = 1  # unexpected failure
-EXIT_USAGE = 2  # bad arguments (argparse)
-EXIT_INPUT = 3  # bad input file/folder: missing, empty, undecodable
-EXIT_REFUSED = 4  # input refused by the guard under --strict
-EXIT_MODEL = 5  # model bundle cannot be loaded
-
-
-class CLIError(Exception):
-    """An error the CLI reports as one clear line and an exit code, without a traceback."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # under `python -m covidxray.cli` (e.g. torchrun) this module runs as __main__; use the package's copy so
-    # sub-commands' CLIError is the class caught here
-    from covidxray.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -55,7 +55,13 @@ class LoadedImage:
         return int(self.pixels.shape[1])
 
 
-def _check_size(path, arr: np.ndarray, min_side: int) -> None:
+def colorfulness(rgb: np.ndarray) -> float:
+    """Mean |R-G| + |G-B| of an RGB image in [0, 1] (H, W, 3): ~0 for X-rays, large for colour photographs."""
+    return float(np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean())
+
+
+def check_size(path, arr: np.ndarray, min_side: int) -> None:
+    """Raise a ``too_small`` :class:`ImageLoadError` when ``arr`` is under ``min_side`` pixels on a side."""
     h, w = arr.shape[:2]
     if min(h, w) < min_side:
         raise ImageLoadError(
@@ -108,7 +114,7 @@ def _decode_dicom(data: bytes, path) -> LoadedImage:
 
 
 def _decode_raster(data: bytes, path) -> LoadedImage:
-    colorfulness = 0.0
+    colour = 0.0
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = (im.format or "unknown").lower()
@@ -131,9 +137,7 @@ def _decode_raster(data: bytes, path) -> LoadedImage:
                     background = Image.new("RGBA", im.size, (0, 0, 0, 255))
                     im = Image.alpha_composite(background, im)
                 rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-                colorfulness = float(
-                    np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean()
-                )
+                colour = colorfulness(rgb)
                 arr = np.asarray(im.convert("L"), dtype=np.float64) / 255.0
                 bits = 8
     except UnidentifiedImageError as exc:
@@ -150,7 +154,7 @@ def _decode_raster(data: bytes, path) -> LoadedImage:
             f"image data is truncated or corrupt: {exc}",
             "re-download or re-export the file",
         ) from exc
-    return LoadedImage(arr.astype(np.float32), "jpeg" if fmt == "mpo" else fmt, bits, mode, colorfulness)
+    return LoadedImage(arr.astype(np.float32), "jpeg" if fmt == "mpo" else fmt, bits, mode, colour)
 
 
 def load_image_bytes(data: bytes, name: str = "<upload>", min_side: int = MIN_SIDE) -> LoadedImage:
@@ -158,7 +162,7 @@ def load_image_bytes(data: bytes, name: str = "<upload>", min_side: int = MIN_SI
     if len(data) == 0:
         raise ImageLoadError(name, "empty", "file is empty (0 bytes)", "the copy or upload did not complete")
     img = _decode_dicom(data, name) if _is_dicom(data, name) else _decode_raster(data, name)
-    _check_size(name, img.pixels, min_side)
+    check_size(name, img.pixels, min_side)
     return img
 
 

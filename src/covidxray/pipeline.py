@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.about import NOT_FOR_CLINICAL_USE
 
 # The recipe of the default model: what `covidxray run` trains and what src/covidxray/default_model was made with.
 # seed_cnn6 (seed 000's CNN) with Glorot initialisation, 96 px, 34 epochs of 4,096 images: validation macro ROC AUC
@@ -114,7 +114,7 @@ class Steps:
 
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """The four steps; returns the evaluation metrics."""
-    from covidxray.cli import EXIT_INPUT, CLIError
+    from covidxray.errors import EXIT_INPUT, CLIError
 
     root = Path(args.root)
     if not root.is_dir():
@@ -164,18 +164,11 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     weights_sha1 = file_sha1(bundle_dir / "model.safetensors")
 
     def guard() -> None:
-        from covidxray.prediction.cli import run_guard
+        from covidxray.data.manifest import read_manifest
+        from covidxray.prediction.guard import fit_guard_on_split, guard_summary
 
-        run_guard(
-            argparse.Namespace(
-                model=str(bundle_dir),
-                manifest=manifest,
-                split="train",
-                cache_dir=cache_dir,
-                quantile=0.99,
-                max_images=3000,
-            )
-        )
+        guard = fit_guard_on_split(bundle_dir, read_manifest(manifest), cache_dir, split="train")
+        print(f"{guard_summary(guard)}, stored in {bundle_dir / 'config.json'}")
 
     steps.run(
         "guard", {"manifest": manifest_sha1, "weights": weights_sha1}, bundle_dir / "config.json", guard
@@ -207,7 +200,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from covidxray.evaluation.summary import summary_lines
+    from covidxray.evaluation.terminal_summary import summary_lines
 
     metrics = run_pipeline(args)
     print()

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 RESIZE_MODES = ("squash", "pad", "crop")
 INTENSITY_MODES = ("equalize", "percentile", "minmax", "none")
+CHANNELS = (1, 3)  # grey, or grey repeated for three-channel (ImageNet) backbones
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class Preprocessing:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
         if not 16 <= int(self.image_size) <= 2048:
             raise ValueError(f"image_size must be between 16 and 2048, got {self.image_size}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.channels not in CHANNELS:
+            raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels}")
 
     # -- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from covidxray.cli import EXIT_INPUT, EXIT_USAGE, CLIError
+from covidxray.errors import EXIT_INPUT, EXIT_USAGE, CLIError
 
 DEFAULT_MANIFEST = "runs/data/manifest.csv"
 

@@ -212,6 +212,14 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     return json.loads(side.read_text()) if side.is_file() else {}
 
 
+def root_label(root: str | os.PathLike) -> str:
+    """How a saved model names the data root it was trained on, without this machine's absolute path: the root
+    relative to the working directory when it lies beside it (``../shared/data``), else its folder name."""
+    p = Path(root).absolute()
+    rel = Path(os.path.relpath(p, Path.cwd())).as_posix()
+    return rel if not rel.startswith("../..") else p.name
+
+
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a manifest CSV. ``attrs["root"]`` is the absolute data root (from the sidecar, else the CSV's
     folder) and ``attrs["manifest_sha1"]`` the sha1 of the CSV file."""

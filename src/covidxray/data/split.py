@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from covidxray.data.dedup import components
-
-SPLITS = ("train", "val", "test")
+from covidxray.vocabulary import SPLITS
 
 
 def split_units(df: pd.DataFrame) -> np.ndarray:

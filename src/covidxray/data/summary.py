@@ -7,7 +7,7 @@ import os
 import pandas as pd
 
 from covidxray.data.manifest import read_manifest, read_sidecar
-from covidxray.data.split import SPLITS
+from covidxray.vocabulary import SPLITS
 
 
 def counts_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-REST = "rest"
+from covidxray.vocabulary import REST
 
 
 def task_labels(labels: pd.Series, classes: Sequence[str]) -> pd.Series:

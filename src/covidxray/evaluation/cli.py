@@ -8,26 +8,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from covidxray import NOT_FOR_CLINICAL_USE
-from covidxray.cli import EXIT_INPUT, EXIT_MODEL, CLIError
+from covidxray.about import NOT_FOR_CLINICAL_USE
+from covidxray.errors import EXIT_INPUT, EXIT_MODEL, CLIError
+from covidxray.training.cli import TRAIN_FIELDS, add_train_flags, given_train_options
+from covidxray.vocabulary import EVALUATED_ROWS
 
 DEFAULT_CACHE_DIR = Path("runs/cache")
 
 
 # -- shared helpers ----------------------------------------------------------------------------------------------
 def resolve_bundle(path: str | Path) -> Path:
-    """A bundle folder from a bundle folder, its ``config.json``, or a training run folder (``<run>/model``)."""
-    p = Path(path)
-    if p.is_file() and p.name == "config.json":
-        p = p.parent
-    for candidate in (p, p / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise CLIError(
-        f"{p}: no model bundle here (expected config.json + model.safetensors in it or in {p / 'model'}); "
-        "train one with 'covidxray train'",
-        EXIT_MODEL,
-    )
+    """The bundle folder meant by ``path`` (:func:`covidxray.bundle.resolve_model_path`), or exit code 5."""
+    from covidxray.bundle import ModelLoadError, resolve_model_path
+
+    try:
+        return resolve_model_path(path, "torch")
+    except ModelLoadError as exc:
+        raise CLIError(str(exc), EXIT_MODEL) from exc
 
 
 def default_evaluation_dir(bundle: Path) -> Path:
@@ -73,7 +70,7 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, **overrides):
-    from covidxray.evaluation.results import EvaluationOptions
+    from covidxray.evaluation.metrics_json import EvaluationOptions
 
     if args.bootstrap < 10:
         raise CLIError(f"--bootstrap must be at least 10, got {args.bootstrap}", 2)
@@ -93,7 +90,7 @@ def _options(args: argparse.Namespace, **overrides):
 def _evaluate(args: argparse.Namespace) -> int:
     from covidxray.bundle import BundleError
     from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
-    from covidxray.evaluation.summary import summary_lines
+    from covidxray.evaluation.terminal_summary import summary_lines
 
     bundle = resolve_bundle(args.model)
     df = read_manifest_or_fail(args.manifest)
@@ -113,40 +110,25 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 # -- crossval ----------------------------------------------------------------------------------------------------
-TRAIN_FLAGS = (  # (flag, TrainConfig field, type, help)
-    ("--epochs", "epochs", int, "training epochs per fold"),
-    ("--image-size", "image_size", int, "input size in pixels"),
-    ("--batch-size", "batch_size", int, "training batch size"),
-    ("--lr", "lr", float, "learning rate"),
-    ("--optimizer", "optimizer", str, "adam | rmsprop | sgd"),
-    ("--loss", "loss", str, "ce | bce"),
-    ("--classes", "classes", str, "comma-separated classes, e.g. covid,normal,pneumonia"),
-    ("--augment", "augment", str, "seed002 | light | none"),
-    ("--class-weights", "class_weights", str, "e.g. auto"),
-    ("--sampler", "sampler", str, "training sampler"),
-    ("--patience", "patience", int, "early-stopping patience (epochs)"),
-    ("--max-minutes", "max_minutes", float, "training time limit per fold"),
-    ("--weights", "weights", str, "local state dict to start from"),
-    ("--workers", "workers", int, "processes building the image cache"),
-    ("--epoch-samples", "epoch_samples", int, "images drawn per training epoch"),
-    ("--threads", "threads", int, "torch threads for training"),
-    ("--init", "init", str, "weight initialisation: default | glorot | he"),
-    ("--adversary", "adversary", str, "source adversary: none | marginal | conditional"),
-    ("--adversary-weight", "adversary_weight", float, "final gradient-reversal lambda"),
-    ("--acquisition", "acquisition", float, "acquisition randomisation probability per transform"),
+# TrainConfig fields a crossval fold takes from the command line (it sets manifest, model, out, holdout_source
+# and cache_dir itself); ``--train-batch-size`` and ``--train-seed`` leave the evaluation's names free.
+CROSSVAL_TRAIN_FIELDS = tuple(
+    f for f in TRAIN_FIELDS if f not in ("manifest", "model", "out", "holdout_source", "cache_dir")
 )
+CROSSVAL_FLAG_NAMES = {"batch_size": "--train-batch-size", "seed": "--train-seed"}
 
 
 def train_options(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields given on the command line (the others keep the trainer's defaults)."""
-    opts = {}
-    for _, name, _, _ in TRAIN_FLAGS:
-        value = getattr(args, f"train_{name}")
-        if value is not None:
-            opts[name] = [c.strip() for c in value.split(",") if c.strip()] if name == "classes" else value
-    if args.freeze_backbone:
-        opts["freeze_backbone"] = True
-    opts["seed"] = args.train_seed
+    """The TrainConfig fields for every fold: ``--config FILE``, then the training flags given."""
+    from covidxray.training.config import ConfigError, read_options
+
+    opts = read_options(args.config) if args.config else {}
+    fixed = sorted(set(opts) - set(CROSSVAL_TRAIN_FIELDS))
+    if fixed:
+        raise ConfigError(f"{args.config}: crossval sets {fixed} itself; remove them from the file")
+    opts.update(given_train_options(args, CROSSVAL_TRAIN_FIELDS, "train_"))
+    if isinstance(opts.get("classes"), str):
+        opts["classes"] = [c.strip() for c in opts["classes"].split(",") if c.strip()]
     return opts
 
 
@@ -177,6 +159,8 @@ def _crossval(args: argparse.Namespace) -> int:
     from covidxray.bundle import BundleError
     from covidxray.training.config import ConfigError
 
+    if args.config and not args.config.is_file():
+        raise CLIError(f"config file {args.config} not found", EXIT_INPUT)
     try:
         result = crossval(
             args.manifest,
@@ -195,7 +179,7 @@ def _crossval(args: argparse.Namespace) -> int:
         raise CLIError(str(exc), EXIT_MODEL) from exc
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_INPUT) from exc
-    from covidxray.evaluation.evaluate_report import cell
+    from covidxray.evaluation.metrics_report import cell
 
     print(f"{'held-out source':<22} {'macro AUC in-source':<28} {'macro AUC out-of-source':<28}")
     for f in result["folds"]:
@@ -262,21 +246,10 @@ def _register_crossval(subparsers) -> None:
         "--out", type=Path, default=Path("runs/crossval"), help="output folder (default: %(default)s)"
     )
     p.add_argument("--retrain", action="store_true", help="train again even when a fold's run exists")
-    p.add_argument("--train-seed", type=int, default=0, help="training seed (default: %(default)s)")
-    p.add_argument("--freeze-backbone", action="store_true", help="train the head only")
-    for flag, name, typ, text in TRAIN_FLAGS:
-        if flag == "--batch-size":
-            continue  # shared with the evaluation's --batch-size below
-        p.add_argument(
-            flag, dest=f"train_{name}", type=typ, default=None, help=f"{text} (default: the trainer's)"
-        )
     p.add_argument(
-        "--train-batch-size",
-        dest="train_batch_size",
-        type=int,
-        default=None,
-        help="training batch size (default: the trainer's)",
+        "--config", type=Path, help="YAML or JSON file of training options for every fold; flags override it"
     )
+    add_train_flags(p, CROSSVAL_TRAIN_FIELDS, "train_", CROSSVAL_FLAG_NAMES)
     _add_evaluation_options(p)
     p.set_defaults(func=_crossval)
 
@@ -299,7 +272,7 @@ def _register_compare(subparsers) -> None:
     p.add_argument(
         "--split",
         default="test",
-        choices=("train", "val", "test", "all"),
+        choices=EVALUATED_ROWS,
         help="split to evaluate missing runs on (default: %(default)s)",
     )
     _add_evaluation_options(p)
@@ -323,7 +296,7 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument(
         "--split",
         default="test",
-        choices=("train", "val", "test", "all"),
+        choices=EVALUATED_ROWS,
         help="rows to evaluate (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/evaluation)")

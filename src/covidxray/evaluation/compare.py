@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from covidxray.evaluation.evaluate_report import METRIC_NAMES, cell
+from covidxray.evaluation.document import Report, fmt
 from covidxray.evaluation.metrics import CLASS_METRICS
-from covidxray.evaluation.report import Report, fmt
+from covidxray.evaluation.metrics_report import METRIC_NAMES, cell
 
 RESULT_FILE = "comparison.json"
 METRICS_FILE = "metrics.json"

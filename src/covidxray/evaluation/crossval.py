@@ -20,9 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covidxray.evaluation.evaluate_report import cell
-from covidxray.evaluation.report import Report
-from covidxray.evaluation.results import EvaluationOptions
+from covidxray.evaluation.document import Report
+from covidxray.evaluation.metrics_json import EvaluationOptions
+from covidxray.evaluation.metrics_report import cell
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -2,7 +2,7 @@
 
 :func:`evaluate` maps the manifest's labels onto the model's classes (:func:`covidxray.data.tasks.task_labels`),
 runs the bundle over the evaluated rows and the validation rows, builds the metrics dictionary
-(:mod:`.results`), chooses the COVID operating point on validation data, stores it in the bundle, and writes the
+(:mod:`.metrics_json`), chooses the COVID operating point on validation data, stores it in the bundle, and writes the
 three files.
 """
 
@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covidxray.evaluation.results import EvaluationOptions, evaluate_predictions, operating_point_metrics
+from covidxray.evaluation.metrics_json import EvaluationOptions, evaluate_predictions, operating_point_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["METRICS_FILE", "SPLITS", "EvaluationOptions", "evaluate", "task_rows"]
+__all__ = ["METRICS_FILE", "EvaluationOptions", "evaluate", "task_rows"]
 
 METRICS_FILE = "metrics.json"
-SPLITS = ("train", "val", "test", "all")
 
 
 def task_rows(
@@ -75,8 +74,8 @@ def evaluate(
     False. Images come from the cache of the whole manifest. Returns the metrics dictionary (``metrics.json``).
     """
     from covidxray.bundle import load_bundle, update_bundle
-    from covidxray.evaluation.evaluate_report import evaluation_report
     from covidxray.evaluation.inference import run_inference
+    from covidxray.evaluation.metrics_report import evaluation_report
 
     o = options or EvaluationOptions()
     if not manifest_df.index.is_unique:

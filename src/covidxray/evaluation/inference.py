@@ -45,16 +45,14 @@ def predict_canonical(
     """
     import torch
 
-    from covidxray.models.base import logits_to_probabilities
-
     rows = np.arange(len(images)) if rows is None else np.asarray(rows, np.int64)
     model.eval()
     probs, feats = [], []
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             x = torch.from_numpy(preprocessing.to_input(np.asarray(images[rows[start : start + batch_size]])))
-            f = model.features(x)
-            probs.append(logits_to_probabilities(model.net.head(f)).double().numpy())
+            p, f = model.probabilities_and_features(x)
+            probs.append(p.double().numpy())
             feats.append(f.flatten(1).float().numpy())
     k = len(classes)
     if not probs:

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+from sklearn.metrics import confusion_matrix
 
 from covidxray.evaluation.calibration import expected_calibration_error
+from covidxray.metrics import pr_auc, roc_auc
 
 CLASS_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc")
 MACRO_METRICS = ("roc_auc", "pr_auc")
@@ -88,24 +89,6 @@ def binary_rates(y_pos: np.ndarray, pred_pos: np.ndarray, cls: str = "positive")
     m.set("npv", tn / (tn + fn) if tn + fn else None, f"every image predicted {cls}")
     m.set("f1", 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None, f"no {cls} images and none predicted")
     return m
-
-
-def roc_auc(y_pos: np.ndarray, scores: np.ndarray, cls: str = "positive") -> tuple[float | None, str]:
-    """ROC AUC of ``scores`` for the boolean truth ``y_pos``, or ``(None, reason)``."""
-    y_pos = np.asarray(y_pos, bool)
-    if not y_pos.any():
-        return None, f"no {cls} images"
-    if y_pos.all():
-        return None, f"only {cls} images (no negatives)"
-    return float(roc_auc_score(y_pos, scores)), ""
-
-
-def pr_auc(y_pos: np.ndarray, scores: np.ndarray, cls: str = "positive") -> tuple[float | None, str]:
-    """Average precision of ``scores`` for the boolean truth ``y_pos``, or ``(None, reason)``."""
-    y_pos = np.asarray(y_pos, bool)
-    if not y_pos.any():
-        return None, f"no {cls} images"
-    return float(average_precision_score(y_pos, scores)), ""
 
 
 def cross_entropy(y: np.ndarray, probs: np.ndarray) -> float:

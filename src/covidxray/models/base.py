@@ -40,7 +40,8 @@ class XRayNet(nn.Module):
 
     Keeping mean/std inside the network means a bundle or an ONNX file needs nothing but the documented
     preprocessing (:class:`covidxray.preprocess.Preprocessing`) in front of it. Like torchxrayvision, it
-    checks its inputs and warns on a value range that says the caller forgot to preprocess.
+    checks its inputs and warns on a value range that says the caller forgot to preprocess: in eval mode on
+    every call, in training mode on the first batch only (the min/max would otherwise cost every step).
     """
 
     def __init__(self, net: Classifier, mean: float, std: float, num_outputs: int):
@@ -49,10 +50,15 @@ class XRayNet(nn.Module):
         self.num_outputs = int(num_outputs)
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
+        self._checked_training_input = False
 
     def _check(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or x.numel() == 0:
             return
+        if self.training:
+            if self._checked_training_input:
+                return
+            self._checked_training_input = True
         lo, hi = float(x.min()), float(x.max())
         if lo < -0.01 or hi > 1.01:
             warnings.warn(
@@ -75,6 +81,12 @@ class XRayNet(nn.Module):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, K); a single sigmoid output becomes two columns [1 - p, p]."""
         return logits_to_probabilities(self.forward(x))
+
+    def probabilities_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities (N, K) and the penultimate features they come from, in one pass: the path
+        prediction, evaluation, the ONNX export and the input guard all take."""
+        feats = self.features(x)
+        return logits_to_probabilities(self.net.head(feats)), feats
 
 
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:

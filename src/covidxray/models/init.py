@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from covidxray.training.config import INITS
+from covidxray.vocabulary import INITS
 
 __all__ = ["INITS", "initialize"]
 

@@ -1,9 +1,9 @@
 """``covidxray predict``, ``covidxray export`` and ``covidxray guard``.
 
-Only argparse is imported here: handlers import the predictor lazily, and the predictor imports torch only for
+Only argparse and the bundle's facts are imported here: handlers import the predictor lazily, and the predictor imports torch only for
 the torch backend, so ``covidxray predict --backend onnx`` starts without torch (and without pandas).
 
-Exit codes of ``predict`` (see :mod:`covidxray.cli`): 0 predicted; 3 bad input (missing file or folder, empty
+Exit codes of ``predict`` (see :mod:`covidxray.errors`): 0 predicted; 3 bad input (missing file or folder, empty
 folder, unreadable/empty/truncated/too small image, undecodable DICOM -- and, for ``--images``, when not one
 image could be read); 4 refused by the input guard under ``--strict`` (single image); 5 the model cannot be
 found or loaded; 2 bad arguments. In a batch, bad images are rows with an ``error`` and do not change the code.
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from covidxray.bundle import BACKENDS, ONNX_FILE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +44,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=BACKENDS,
         default=None,
         help="inference backend (default: onnx for a .onnx --model, else torch)",
     )
@@ -72,8 +74,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from covidxray.cli import EXIT_MODEL, CLIError
-    from covidxray.prediction.predictor import ModelLoadError, load_predictor
+    from covidxray.bundle import ModelLoadError
+    from covidxray.errors import EXIT_MODEL, CLIError
+    from covidxray.prediction.predictor import load_predictor
 
     backend = args.backend or ("onnx" if str(args.model or "").endswith(".onnx") else "torch")
     try:
@@ -83,7 +86,7 @@ def _load(args: argparse.Namespace):
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from covidxray.cli import EXIT_USAGE, CLIError
+    from covidxray.errors import EXIT_USAGE, CLIError
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}", EXIT_USAGE)
@@ -101,8 +104,8 @@ def run_predict(args: argparse.Namespace) -> int:
 def _predict_one(args: argparse.Namespace) -> int:
     import json
 
-    from covidxray import NOT_FOR_CLINICAL_USE
-    from covidxray.cli import EXIT_INPUT, EXIT_REFUSED, CLIError
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.errors import EXIT_INPUT, EXIT_REFUSED, CLIError
 
     if not Path(args.image).is_file():  # before loading the model: a typo should fail fast
         what = "is a folder: use --images" if Path(args.image).is_dir() else "file does not exist"
@@ -129,7 +132,7 @@ def _predict_one(args: argparse.Namespace) -> int:
 
 
 def _report_lines(pred, predictor) -> list[str]:
-    from covidxray import NOT_FOR_CLINICAL_USE
+    from covidxray.about import NOT_FOR_CLINICAL_USE
 
     lines = [f"image: {pred.path}"]
     if pred.label is not None:
@@ -155,8 +158,8 @@ def _report_lines(pred, predictor) -> list[str]:
 
 
 def _predict_many(args: argparse.Namespace) -> int:
-    from covidxray import NOT_FOR_CLINICAL_USE
-    from covidxray.cli import EXIT_INPUT, CLIError
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.errors import EXIT_INPUT, CLIError
     from covidxray.imageio import ImageLoadError
     from covidxray.prediction.batch import BatchSummary, RowWriter, find_images, stream_rows
 
@@ -234,14 +237,14 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from covidxray import NOT_FOR_CLINICAL_USE
-    from covidxray.cli import EXIT_MODEL, CLIError
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.bundle import ModelLoadError, resolve_model_path
+    from covidxray.errors import EXIT_MODEL, CLIError
     from covidxray.prediction.export import DEFAULT_OPSET, export_onnx
-    from covidxray.prediction.predictor import ModelLoadError, resolve_model_path
 
     try:
         bundle = resolve_model_path(args.model, "torch")
-        out = args.onnx or bundle / "model.onnx"
+        out = args.onnx or bundle / ONNX_FILE
         facts = export_onnx(bundle, out, opset=args.opset or DEFAULT_OPSET)
     except ModelLoadError as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
@@ -283,12 +286,9 @@ def _register_guard(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_guard(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from covidxray.bundle import read_config
-    from covidxray.cli import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, CLIError
-    from covidxray.prediction.guard import fit_guard
-    from covidxray.prediction.predictor import ModelLoadError, resolve_model_path
+    from covidxray.bundle import ModelLoadError, resolve_model_path
+    from covidxray.errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, CLIError
+    from covidxray.prediction.guard import fit_guard_on_split, guard_summary
 
     if not 0.5 <= args.quantile < 1:
         raise CLIError(f"--quantile must be in [0.5, 1), got {args.quantile}", EXIT_USAGE)
@@ -300,29 +300,15 @@ def run_guard(args: argparse.Namespace) -> int:
         raise CLIError(
             f"{args.manifest}: manifest not found; build one with 'covidxray data build'", EXIT_INPUT
         )
-    from covidxray.data.cache import load_cache
     from covidxray.data.manifest import read_manifest
 
-    df = read_manifest(args.manifest)
-    positions = np.flatnonzero((df["split"] == args.split).to_numpy())
-    if len(positions) < 20:
-        raise CLIError(
-            f"{args.manifest}: split {args.split!r} has {len(positions)} rows; need at least 20", EXIT_INPUT
+    try:
+        guard = fit_guard_on_split(
+            bundle, read_manifest(args.manifest), args.cache_dir, args.split, args.quantile, args.max_images
         )
-    if len(positions) > args.max_images:
-        positions = np.sort(np.random.default_rng(0).choice(positions, args.max_images, replace=False))
-    # the whole manifest's cache, as training and evaluation use it: built once, shared
-    cache = load_cache(df, read_config(bundle).preprocessing, cache_dir=args.cache_dir)
-    guard = fit_guard(bundle, np.asarray(cache[positions]))
-    fd = guard["feature_distance"]
-    print(
-        f"input guard fitted on {fd['fitted_on']} {args.split} images: feature-distance threshold "
-        f"{fd['threshold']:.3f} ({fd['quantile']:.0%} of held-out training images), stored in {bundle / 'config.json'}"
-    )
-    onnx_path = bundle / "model.onnx"
-    if onnx_path.exists():
-        from covidxray.prediction.export import export_onnx
-
-        export_onnx(bundle, onnx_path)
-        print(f"re-exported {onnx_path} with the guard in its metadata")
+    except ValueError as exc:
+        raise CLIError(f"{args.manifest}: {exc}", EXIT_INPUT) from exc
+    print(f"{guard_summary(guard, args.split)}, stored in {bundle / 'config.json'}")
+    if (bundle / ONNX_FILE).exists():
+        print(f"re-exported {bundle / ONNX_FILE} with the guard in its metadata")
     return 0

@@ -19,7 +19,7 @@ from monai.visualize import GradCAM
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.imageio import LoadedImage
 from covidxray.models.base import XRayNet
 from covidxray.preprocess import Preprocessing

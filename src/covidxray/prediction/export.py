@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidxray import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle
-from covidxray.models.base import XRayNet, logits_to_probabilities
+from covidxray.models.base import XRayNet
+from covidxray.prediction.backend import ModelLoadError, decision_rule, weights_version
 from covidxray.prediction.onnx_backend import CONFIG_KEY, INPUT_NAME, OUTPUTS, VERSION_KEY, make_session
-from covidxray.prediction.predictor import ModelLoadError, decision_rule, model_version
 from covidxray.preprocess import Preprocessing
 
 DEFAULT_OPSET = 18
@@ -41,8 +41,7 @@ class ProbabilitiesAndFeatures(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.model.features(image)
-        return logits_to_probabilities(self.model.net.head(feats)), feats
+        return self.model.probabilities_and_features(image)
 
 
 def describe_preprocessing(p: Preprocessing) -> str:
@@ -107,7 +106,7 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     proto = _to_onnx(graph, sample, opset)
     config = cfg.to_dict()
-    version = model_version(cfg.architecture, Path(bundle.path or bundle_path) / WEIGHTS_FILE)
+    version = weights_version(cfg.architecture, Path(bundle.path or bundle_path) / WEIGHTS_FILE)
     del proto.metadata_props[:]
     for k, v in onnx_metadata(config, version).items():
         proto.metadata_props.add(key=k, value=v)

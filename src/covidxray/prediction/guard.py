@@ -9,7 +9,8 @@ Two kinds of evidence, each giving a plain-language warning (a string) when it f
 2. **Distance to the training distribution** in the model's feature space (:class:`FeatureDistance`): a
    Mahalanobis distance in the principal subspace of the training features, with shrunk variances, plus the
    scaled residual outside that subspace. Its threshold is a high quantile (99 % by default) of the distances of
-   held-out training images. :func:`fit_guard` fits it and stores it in the bundle's ``guard`` field.
+   held-out training images. :func:`fit_guard` fits it and stores it in the bundle's ``guard`` field
+   (:func:`fit_guard_on_split` from a manifest split).
 
 Warnings never change the prediction; ``--strict`` (or ``Predictor(strict=True)``) refuses flagged inputs.
 Only NumPy and Pillow are used, so the ONNX backend runs the same guard without torch.
@@ -21,12 +22,15 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from covidxray.imageio import LoadedImage
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GUARD_VERSION = 1
 STATS_SIDE = 256  # statistics are computed on a copy whose longest side is this many pixels
@@ -291,6 +295,50 @@ def fit_guard(
     if store:
         update_bundle(bundle_path, guard=guard)
     return guard
+
+
+def fit_guard_on_split(
+    bundle_path: str | Path,
+    manifest: pd.DataFrame,
+    cache_dir: str | Path,
+    split: str = "train",
+    quantile: float = 0.99,
+    max_images: int = 3000,
+) -> dict[str, Any]:
+    """Fit the guard of a bundle on one manifest split (at most ``max_images`` rows, a seeded sample) from the
+    shared image cache, store it in the bundle and re-export its ``model.onnx`` if it has one.
+
+    What ``covidxray guard`` and ``covidxray run`` do. Returns the ``guard`` dict; raises ValueError for a
+    quantile outside [0.5, 1) or a split of fewer than 20 rows.
+    """
+    from covidxray.bundle import ONNX_FILE, read_config
+    from covidxray.data.cache import load_cache
+
+    if not 0.5 <= quantile < 1:
+        raise ValueError(f"the guard's quantile must be in [0.5, 1), got {quantile}")
+    positions = np.flatnonzero((manifest["split"] == split).to_numpy())
+    if len(positions) < 20:
+        raise ValueError(f"split {split!r} has {len(positions)} rows; need at least 20")
+    if len(positions) > max_images:
+        positions = np.sort(np.random.default_rng(0).choice(positions, max_images, replace=False))
+    # the whole manifest's cache, as training and evaluation use it: built once, shared
+    cache = load_cache(manifest, read_config(bundle_path).preprocessing, cache_dir=cache_dir)
+    guard = fit_guard(bundle_path, np.asarray(cache[positions]), quantile=quantile)
+    onnx_path = Path(bundle_path) / ONNX_FILE
+    if onnx_path.exists():
+        from covidxray.prediction.export import export_onnx
+
+        export_onnx(bundle_path, onnx_path)
+    return guard
+
+
+def guard_summary(guard: dict[str, Any], split: str = "train") -> str:
+    """One line saying what a fitted guard measured, for the command line."""
+    fd = guard["feature_distance"]
+    return (
+        f"input guard fitted on {fd['fitted_on']} {split} images: feature-distance threshold "
+        f"{fd['threshold']:.3f} ({fd['quantile']:.0%} of held-out training images)"
+    )
 
 
 def _chunks(images: np.ndarray | Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:

@@ -13,7 +13,15 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
-from covidxray.imageio import MIN_SIDE, ImageLoadError, LoadedImage, load_image, load_image_bytes
+from covidxray.imageio import (
+    MIN_SIDE,
+    ImageLoadError,
+    LoadedImage,
+    check_size,
+    colorfulness,
+    load_image,
+    load_image_bytes,
+)
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image, LoadedImage]  # noqa: UP007
 
@@ -59,12 +67,9 @@ def _from_array(arr: np.ndarray, name: str, min_side: int) -> LoadedImage:
         a = a[..., 0]
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         rgb = _unit(a[..., :3], name)
-        colorfulness = float(
-            np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean()
-        )
         rgb8 = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
         gray = np.asarray(Image.fromarray(rgb8, mode="RGB").convert("L"), dtype=np.float32) / 255.0
-        img = LoadedImage(gray, "array", 8, "RGB", colorfulness)
+        img = LoadedImage(gray, "array", 8, "RGB", colorfulness(rgb))
     elif a.ndim == 2:
         bits = 16 if a.dtype == np.uint16 else 8 if a.dtype == np.uint8 else 32
         img = LoadedImage(_unit(a, name), "array", bits, str(a.dtype))
@@ -75,13 +80,7 @@ def _from_array(arr: np.ndarray, name: str, min_side: int) -> LoadedImage:
             f"array of shape {a.shape} is not one image",
             "pass a 2-D grayscale array (H, W) or an RGB array (H, W, 3)",
         )
-    if min(img.height, img.width) < min_side:
-        raise ImageLoadError(
-            name,
-            "too_small",
-            f"image is {img.width}x{img.height} px, smaller than {min_side} px on a side",
-            "a chest X-ray needs at least a few hundred pixels; use the original image, not a thumbnail",
-        )
+    check_size(name, img.pixels, min_side)
     return img
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from covidxray.prediction.predictor import ModelLoadError
+from covidxray.prediction.backend import ModelLoadError
 
 CONFIG_KEY = "covidxray.config"
 VERSION_KEY = "covidxray.model_version"

@@ -7,39 +7,30 @@ operating point, input guard):
 * ``"onnx"``: ``model.onnx`` written by ``covidxray export`` (facts in its metadata), through ONNX Runtime,
   without importing torch.
 
-How the label is decided
-------------------------
-Without an operating point the label is the most probable class. When the bundle stores an operating point
-(``{"class": "covid", "threshold": t, ...}``, chosen on validation data by ``covidxray evaluate`` for a target
-sensitivity), the label is that class whenever its probability is ``>= t``; otherwise it is the most probable of
-the *other* classes. ``Prediction.covid_threshold`` then holds ``t`` (None when the plain argmax was used). The
-probabilities themselves are never changed.
+The label follows the decision rule of :mod:`covidxray.prediction.backend`.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-import covidxray
+from covidxray.about import NOT_FOR_CLINICAL_USE
+from covidxray.bundle import ModelLoadError, resolve_model_path
 from covidxray.imageio import ImageLoadError, LoadedImage
+from covidxray.prediction.backend import Backend, decide_label, decision_rule
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
 from covidxray.preprocess import Preprocessing
 
-DEFAULT_MODEL_DIR = Path(covidxray.__file__).resolve().parent / "default_model"
-ONNX_FILE = "model.onnx"
-BACKENDS = ("torch", "onnx")
 DEFAULT_BATCH_SIZE = 32
 
 
-class ModelLoadError(RuntimeError):
-    """A model that cannot be found or loaded (CLI exit code 5), with what to do about it."""
+__all__ = ["ModelLoadError", "Prediction", "Predictor", "load_predictor"]
 
 
 @dataclass
@@ -65,44 +56,6 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class Backend(Protocol):
-    """What a backend computes: probabilities (N, K) and penultimate features (N, F) of model inputs."""
-
-    name: str
-    config: dict[str, Any]
-    version: str
-    source: str
-
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-
-def decide_label(
-    probabilities: np.ndarray, classes: list[str], operating_point: dict[str, Any] | None
-) -> tuple[str, float | None]:
-    """The label of one probability vector and the operating-point threshold used (None for argmax)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    if operating_point and operating_point.get("threshold") is not None:
-        cls = operating_point.get("class", "covid")
-        if cls in classes:
-            k = classes.index(cls)
-            t = float(operating_point["threshold"])
-            if p[k] >= t:
-                return cls, t
-            others = p.copy()
-            others[k] = -np.inf
-            return classes[int(np.argmax(others))], t
-    return classes[int(np.argmax(p))], None
-
-
-def decision_rule(classes: list[str], operating_point: dict[str, Any] | None) -> str:
-    """:func:`decide_label` in words."""
-    op = operating_point
-    if op and op.get("threshold") is not None and op.get("class", "covid") in classes:
-        cls = op.get("class", "covid")
-        return f"{cls} when p({cls}) >= {float(op['threshold']):.4g}, otherwise the most probable other class"
-    return "the most probable class"
 
 
 class Predictor:
@@ -241,7 +194,7 @@ class Predictor:
                 },
             },
             "intended_use": c.get("intended_use", ""),
-            "not_for_clinical_use": covidxray.NOT_FOR_CLINICAL_USE,
+            "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
             "backend": self.backend.name,
             "source": self.backend.source,
         }
@@ -254,57 +207,6 @@ class Predictor:
 
 
 # -- loading -------------------------------------------------------------------------------------------------
-def _no_default_model() -> ModelLoadError:
-    return ModelLoadError(
-        f"no --model given and no default model is installed in {DEFAULT_MODEL_DIR}. Get one by training: "
-        "'covidxray run' (manifest, training, evaluation), then pass the run with --model runs/<name>; "
-        "or copy a bundle (config.json, model.safetensors) and its export "
-        "('covidxray export --model runs/<name>', giving model.onnx) into that folder"
-    )
-
-
-def resolve_model_path(path: str | Path | None, backend: str) -> Path:
-    """The bundle folder (torch) or ``.onnx`` file (onnx) meant by ``path``: a bundle folder, a training run
-    folder (``<run>/model``), a bundle's ``config.json``, an ``.onnx`` file, or None for the shipped default."""
-    if backend not in BACKENDS:
-        raise ModelLoadError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if path is None:
-        wanted = ONNX_FILE if backend == "onnx" else "config.json"
-        if not (DEFAULT_MODEL_DIR / wanted).exists():
-            raise _no_default_model()
-        p = DEFAULT_MODEL_DIR
-    else:
-        p = Path(path)
-        if not p.exists():
-            raise ModelLoadError(
-                f"{p}: model path does not exist (expected a bundle folder, a run folder or a .onnx file)"
-            )
-    if p.is_file():
-        if p.suffix == ".onnx":
-            if backend != "onnx":
-                raise ModelLoadError(
-                    f"{p} is an ONNX file: use the onnx backend (--backend onnx), or pass the bundle"
-                )
-            return p
-        if p.name not in ("config.json", "model.safetensors"):
-            raise ModelLoadError(f"{p}: not a model (expected a bundle folder, a run folder or a .onnx file)")
-        p = p.parent
-    wanted = ONNX_FILE if backend == "onnx" else "config.json"
-    for cand in (p, p / "model"):
-        if (cand / wanted).exists():
-            return cand / ONNX_FILE if backend == "onnx" else cand
-    if backend == "onnx" and any((c / "config.json").exists() for c in (p, p / "model")):
-        bundle = p if (p / "config.json").exists() else p / "model"
-        raise ModelLoadError(
-            f"{bundle}: no {ONNX_FILE} in this bundle; export it with "
-            f"'covidxray export --model {bundle}', or use --backend torch"
-        )
-    raise ModelLoadError(
-        f"{p}: no model here (expected config.json + model.safetensors in it or in {p / 'model'}); "
-        "a bundle is the folder written by 'covidxray train'"
-    )
-
-
 def load_predictor(path: str | Path | None = None, backend: str = "torch", strict: bool = False) -> Predictor:
     """Load a bundle folder (torch) or its ONNX export (onnx); ``path=None`` loads the shipped default model.
 
@@ -318,12 +220,3 @@ def load_predictor(path: str | Path | None = None, backend: str = "torch", stric
     from covidxray.prediction.torch_backend import TorchBackend
 
     return Predictor(TorchBackend(p), strict=strict)
-
-
-def model_version(architecture: str, weights: Path) -> str:
-    """``<architecture>@<first 12 hex digits of the weights' SHA-256>``: the same for a bundle and its export."""
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{architecture}@{h.hexdigest()[:12]}"

@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle
-from covidxray.models.base import logits_to_probabilities
-from covidxray.prediction.predictor import ModelLoadError, model_version
+from covidxray.prediction.backend import ModelLoadError, weights_version
 
 
 class TorchBackend:
@@ -25,12 +24,11 @@ class TorchBackend:
             raise ModelLoadError(f"{bundle_path}: cannot load the model bundle: {exc}") from exc
         self.model = bundle.model.eval()
         self.config: dict[str, Any] = bundle.config.to_dict()
-        self.version = model_version(bundle.config.architecture, Path(bundle_path) / WEIGHTS_FILE)
+        self.version = weights_version(bundle.config.architecture, Path(bundle_path) / WEIGHTS_FILE)
         self.source = str(bundle_path)
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Model inputs (N, C, S, S) in [0, 1] -> probabilities (N, K), features (N, F)."""
         with torch.inference_mode():
-            feats = self.model.features(torch.from_numpy(x))
-            probs = logits_to_probabilities(self.model.net.head(feats))
+            probs, feats = self.model.probabilities_and_features(torch.from_numpy(x))
         return probs.float().numpy(), feats.float().numpy()

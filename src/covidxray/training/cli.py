@@ -11,22 +11,110 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from covidxray.cli import EXIT_INPUT, EXIT_USAGE, CLIError
+from covidxray.errors import EXIT_INPUT, EXIT_USAGE, CLIError
+from covidxray.preprocess import CHANNELS, INTENSITY_MODES, RESIZE_MODES
 from covidxray.training.config import (
     ADVERSARIES,
     AUGMENTS,
     CLASS_WEIGHTS,
-    INITS,
     LOSSES,
     OPTIMIZERS,
     SAMPLERS,
     TrainConfig,
 )
+from covidxray.vocabulary import INITS
 
 # TrainConfig fields set by a flag of the same name (``--no-progress`` sets ``progress``)
-_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "progress")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "progress")
 # the only options a resumed run may change
 _RESUME_OVERRIDES = ("epochs", "max_minutes", "workers", "patience", "cache_dir", "threads")
+
+# What a flag offers, per TrainConfig field: its allowed values (argparse ``choices``) and its help text.
+CHOICES: dict[str, tuple] = {
+    "optimizer": OPTIMIZERS,
+    "loss": LOSSES,
+    "augment": AUGMENTS,
+    "class_weights": CLASS_WEIGHTS,
+    "sampler": SAMPLERS,
+    "init": INITS,
+    "intensity": INTENSITY_MODES,
+    "resize": RESIZE_MODES,
+    "channels": CHANNELS,
+    "adversary": ADVERSARIES,
+}
+HELP: dict[str, str] = {
+    "manifest": "manifest CSV (covidxray data build)",
+    "model": "registered model name",
+    "out": "run directory (default runs/MODEL)",
+    "epochs": "training epochs",
+    "image_size": "input size in pixels",
+    "batch_size": "training batch size",
+    "lr": "learning rate",
+    "loss": "ce: softmax; bce: one sigmoid output (2 classes; P of the second class)",
+    "classes": "comma-separated task classes, e.g. covid,normal,pneumonia (default), covid,normal, covid,rest",
+    "seed": "training seed",
+    "workers": "processes decoding images into the cache on first use",
+    "weights": "local state dict to start the backbone from (the head stays new)",
+    "init": "weight initialisation: default (the architecture's own), glorot (Keras, as in the seeds), he",
+    "freeze_backbone": "train the head only",
+    "patience": "epochs without validation improvement before stopping (0: never)",
+    "intensity": "intensity normalisation of the preprocessing",
+    "resize": "how an image becomes square",
+    "channels": "network input channels",
+    "holdout_source": "leave this source out of train and val (for a cross-source test)",
+    "cache_dir": "image cache folder",
+    "max_minutes": "stop after the epoch that exceeds this training time",
+    "epoch_samples": "images drawn per epoch (0: the train split's size)",
+    "checkpoint_every": "steps between mid-epoch checkpoints (0: epoch ends)",
+    "threads": "torch threads (default: OMP_NUM_THREADS, else 2; use 1 on a busy shared CPU)",
+    "adversary": "source adversary on the features behind gradient reversal: marginal (predict the source) or "
+    "conditional (predict the source within each class)",
+    "adversary_weight": "final gradient-reversal lambda (DANN schedule from 0)",
+    "acquisition": "acquisition randomisation: chance of each scanner-like transform per image (gamma, window, "
+    "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); 0: off",
+}
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def add_train_flags(
+    parser: argparse.ArgumentParser,
+    names: tuple[str, ...] = TRAIN_FIELDS,
+    dest_prefix: str = "",
+    flags: dict[str, str] | None = None,
+) -> None:
+    """One flag per :class:`TrainConfig` field in ``names`` (``--image-size`` for ``image_size``; ``flags``
+    renames some), typed from the field and restricted to its ``choices``; unset flags stay None, so
+    :func:`given_train_options` returns only what was given. ``dest_prefix`` keeps them apart from a parser's
+    own options (``crossval`` uses ``train_``)."""
+    types = {f.name: str(f.type) for f in fields(TrainConfig)}
+    for name in names:
+        flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+        text = HELP.get(name, name.replace("_", " "))
+        default = getattr(TrainConfig, name, None)
+        if types[name] == "bool":
+            parser.add_argument(flag, dest=dest_prefix + name, action="store_true", default=None, help=text)
+            continue
+        typ = _TYPES.get(types[name].split(" |")[0], str)
+        if default not in (None, "") and name not in ("classes", "out"):
+            text += f" (default: {default})"
+        choices = CHOICES.get(name)
+        parser.add_argument(
+            flag,
+            dest=dest_prefix + name,
+            type=typ,
+            choices=choices,
+            default=None,
+            metavar=None if choices else name.upper(),
+            help=text,
+        )
+
+
+def given_train_options(
+    args: argparse.Namespace, names: tuple[str, ...] = TRAIN_FIELDS, dest_prefix: str = ""
+) -> dict:
+    """The :class:`TrainConfig` fields among ``names`` that were given on the command line."""
+    given = {n: getattr(args, dest_prefix + n, None) for n in names}
+    return {n: v for n, v in given.items() if v is not None}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,81 +125,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in OUT/model. Defaults: model seed_cnn6, 15 epochs, 128 px, 3 classes, light augmentation, "
         "balanced sampling.",
     )
-    a = p.add_argument
-    a("--manifest", help="manifest CSV (covidxray data build)")
-    a("--model", help="registered model name (default seed_cnn6)")
-    a("--out", help="run directory (default runs/MODEL)")
-    a("--config", type=Path, help="YAML or JSON file of training options; flags override it")
-    a("--epochs", type=int)
-    a("--image-size", type=int)
-    a("--batch-size", type=int)
-    a("--lr", type=float)
-    a("--optimizer", choices=OPTIMIZERS)
-    a(
-        "--loss",
-        choices=LOSSES,
-        help="ce: softmax; bce: one sigmoid output (2 classes; P of the second class)",
+    p.add_argument("--config", type=Path, help="YAML or JSON file of training options; flags override it")
+    add_train_flags(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or epoch lines")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", type=Path, help="continue this run from its last checkpoint"
     )
-    a(
-        "--classes",
-        help="comma-separated task classes, e.g. covid,normal,pneumonia (default), covid,normal, covid,rest",
-    )
-    a("--augment", choices=AUGMENTS)
-    a("--class-weights", choices=CLASS_WEIGHTS)
-    a("--sampler", choices=SAMPLERS)
-    a("--seed", type=int)
-    a("--workers", type=int, help="processes decoding images into the cache on first use")
-    a("--weights", help="local state dict to start the backbone from (the head stays new)")
-    a(
-        "--init",
-        choices=INITS,
-        help="weight initialisation: default (the architecture's own), glorot (Keras, as in the seeds), he",
-    )
-    a(
-        "--adversary",
-        choices=ADVERSARIES,
-        help="source adversary on the features behind gradient reversal: marginal (predict the source) or "
-        "conditional (predict the source within each class); default none",
-    )
-    a(
-        "--adversary-weight",
-        type=float,
-        help="final gradient-reversal lambda (DANN schedule from 0; default 0.5)",
-    )
-    a(
-        "--acquisition",
-        type=float,
-        help="acquisition randomisation: chance of each scanner-like transform per image (gamma, window, "
-        "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); default 0 (off)",
-    )
-    a("--freeze-backbone", action="store_true", default=None, help="train the head only")
-    a("--patience", type=int, help="epochs without validation improvement before stopping (0: never)")
-    a("--intensity", choices=("equalize", "percentile", "minmax", "none"))
-    a("--resize", choices=("squash", "pad", "crop"))
-    a("--channels", type=int, choices=(1, 3))
-    a("--holdout-source", help="leave this source out of train and val (for a cross-source test)")
-    a("--cache-dir")
-    a("--max-minutes", type=float, help="stop after the epoch that exceeds this training time")
-    a("--epoch-samples", type=int, help="images drawn per epoch (default: the train split's size)")
-    a("--checkpoint-every", type=int, help="steps between mid-epoch checkpoints (default 50; 0: epoch ends)")
-    a(
-        "--threads",
-        type=int,
-        help="torch threads (default: OMP_NUM_THREADS, else 2; use 1 on a busy shared CPU)",
-    )
-    a("--no-progress", action="store_true", help="no progress bar or epoch lines")
-    a("--resume", metavar="RUN_DIR", type=Path, help="continue this run from its last checkpoint")
     p.set_defaults(func=run)
-
-
-def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def build_config(args: argparse.Namespace):
     """The effective :class:`TrainConfig`: defaults < ``--config`` file < flags."""
     base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-    base.update(_given(args, _FIELDS))
+    base.update(given_train_options(args))
     if "out" not in base:
         base["out"] = f"runs/{base.get('model', TrainConfig.model)}"
     base["progress"] = not args.no_progress
@@ -129,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.resume:
-            overrides = _given(args, _RESUME_OVERRIDES)
+            overrides = given_train_options(args, _RESUME_OVERRIDES)
             overrides["progress"] = not args.no_progress
             out = resume(args.resume, **overrides)
         else:

@@ -35,19 +35,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-LABELS = ("covid", "normal", "pneumonia")
-REST = "rest"
+from covidxray.preprocess import CHANNELS
+from covidxray.vocabulary import INITS, LABELS, REST
+
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LOSSES = ("ce", "bce")
 AUGMENTS = ("seed002", "light", "none")
 CLASS_WEIGHTS = ("auto", "none")
 SAMPLERS = ("balanced", "shuffle")
-INITS = ("default", "glorot", "he")  # weight initialisation schemes, see covidxray.models.init
-ADVERSARIES = (
-    "none",
-    "marginal",
-    "conditional",
-)  # source-adversarial forms, see covidxray.training.adversary
+ADVERSARIES = ("none", "marginal", "conditional")  # source-adversarial forms: covidxray.training.adversary
 
 
 class ConfigError(ValueError):
@@ -71,14 +67,6 @@ def parse_classes(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if REST in classes and set(classes) >= {*LABELS, REST}:
         raise ConfigError(f"'{REST}' would be empty: every label is already listed in {list(classes)}")
     return classes
-
-
-def label_map(classes: tuple[str, ...]) -> dict[str, int]:
-    """Manifest label -> class index for this task; labels absent from the map are dropped."""
-    mapping = {c: i for i, c in enumerate(classes) if c != REST}
-    if REST in classes:
-        mapping.update({lab: classes.index(REST) for lab in LABELS if lab not in mapping})
-    return mapping
 
 
 @dataclass
@@ -157,8 +145,8 @@ class TrainConfig:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
         if not 0 <= self.acquisition <= 1:
             raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
-        if self.channels not in (1, 3):
-            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        if self.channels not in CHANNELS:
+            raise ConfigError(f"channels must be one of {list(CHANNELS)}, got {self.channels}")
 
     @property
     def num_outputs(self) -> int:
@@ -190,14 +178,19 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a YAML or JSON file of options (the keys of :class:`TrainConfig`)."""
-        p = Path(path)
-        text = p.read_text()
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        return cls.from_dict(read_options(path))
 
-            d = yaml.safe_load(text) or {}
-        else:
-            d = json.loads(text)
-        if not isinstance(d, dict):
-            raise ConfigError(f"{p}: expected a mapping of training options, got {type(d).__name__}")
-        return cls.from_dict(d)
+
+def read_options(path: str | Path) -> dict[str, Any]:
+    """The mapping of training options in a YAML or JSON file, as written (not yet validated)."""
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    else:
+        d = json.loads(text)
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: expected a mapping of training options, got {type(d).__name__}")
+    return d

@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 
 from covidxray.bundle import BundleConfig, save_bundle, update_bundle
+from covidxray.data.manifest import root_label
 from covidxray.models.base import XRayNet
 from covidxray.preprocess import Preprocessing
-from covidxray.training import distributed as D
 from covidxray.training.adversary import SourceAdversary, dann_lambda, source_table
 from covidxray.training.augment import Augment, batch_generator
 from covidxray.training.checkpoint import ResumeError, checkpoint_path, load_checkpoint, save_checkpoint
@@ -48,6 +48,14 @@ from covidxray.training.dataset import (
     read_training_manifest,
     select_split,
     split_counts,
+)
+from covidxray.training.distributed import (
+    Dist,
+    barrier,
+    broadcast_flag,
+    init_distributed,
+    shutdown,
+    sum_across,
 )
 from covidxray.training.history import plot_curves, write_history, write_json
 from covidxray.training.sampler import balanced_weights, epoch_order, expected_label_frequency, shard
@@ -132,7 +140,7 @@ def _num_batches(n: int, batch_size: int) -> int:
     return n // batch_size if n % batch_size == 1 and n > 1 else math.ceil(n / batch_size)
 
 
-def _say(cfg: TrainConfig, ctx: D.Dist, text: str) -> None:
+def _say(cfg: TrainConfig, ctx: Dist, text: str) -> None:
     if cfg.progress and ctx.is_main:
         from tqdm import tqdm
 
@@ -175,7 +183,7 @@ class _Adversarial(torch.nn.Module):
 class _Run:
     """The state of one run while it trains (kept out of :func:`train` to keep each step readable)."""
 
-    def __init__(self, cfg: TrainConfig, df: pd.DataFrame, ctx: D.Dist, resume: bool):
+    def __init__(self, cfg: TrainConfig, df: pd.DataFrame, ctx: Dist, resume: bool):
         self.cfg, self.df, self.ctx = cfg, df, ctx
         self.dir = Path(cfg.out)
         self.pre = cfg.preprocessing()
@@ -195,7 +203,7 @@ class _Run:
         if ctx.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             self.images = load_images(df, self.pre, cfg, progress=cfg.progress)
-        D.barrier(ctx)
+        barrier(ctx)
         if not ctx.is_main:
             self.images = load_images(df, self.pre, cfg, progress=False)
 
@@ -357,7 +365,7 @@ class _Run:
     def end_epoch(self) -> bool:
         """Validate, record, keep the best, checkpoint; True when training should stop."""
         cfg, ctx = self.cfg, self.ctx
-        loss_sum, correct, seen, train_secs = D.sum_across(
+        loss_sum, correct, seen, train_secs = sum_across(
             ctx, [self.sums["loss"], self.sums["correct"], self.sums["seen"], self.sums["train_seconds"]]
         )
         logits, targets = predict_logits(
@@ -375,7 +383,7 @@ class _Run:
             "images_per_s": round(seen / max(train_secs / ctx.world, 1e-9), 1),
         }
         if self.adversary is not None:  # the adversary's own view: can it still tell the sources apart?
-            adv_loss, adv_correct, adv_seen = D.sum_across(
+            adv_loss, adv_correct, adv_seen = sum_across(
                 ctx, [self.sums["adv_loss"], self.sums["adv_correct"], self.sums["adv_seen"]]
             )
             row["adv_loss"] = adv_loss / max(adv_seen, 1)
@@ -418,7 +426,7 @@ class _Run:
             write_history(self.dir, self.history)
             plot_curves(self.dir, self.history, title=f"{cfg.model} ({', '.join(cfg.classes)})")
             self.write_run_json()
-        return D.broadcast_flag(ctx, stop)
+        return broadcast_flag(ctx, stop)
 
     # -- outputs ---------------------------------------------------------------------------------------------
     def training_facts(self) -> dict[str, Any]:
@@ -446,7 +454,7 @@ class _Run:
             data={
                 "manifest": str(cfg.manifest),
                 "manifest_sha1": self.df.attrs.get("manifest_sha1"),
-                "root": self.df.attrs.get("root"),
+                "root": root_label(self.df.attrs["root"]) if self.df.attrs.get("root") else None,
                 "holdout_source": cfg.holdout_source,
                 "counts": split_counts(self.df, [self.train_split, self.val_split]),
             },
@@ -490,7 +498,7 @@ def train(cfg: TrainConfig, manifest_df: pd.DataFrame | None = None, resume: boo
     cfg.validate()
     df = manifest_df if manifest_df is not None else read_training_manifest(cfg.manifest)
     with _torch_settings(cfg):
-        ctx = D.init_distributed()
+        ctx = init_distributed()
         run = None
         try:
             run = _Run(cfg, df, ctx, resume)
@@ -508,7 +516,7 @@ def train(cfg: TrainConfig, manifest_df: pd.DataFrame | None = None, resume: boo
         finally:
             del run  # DDP's reducer must go before its process group, or gloo can hang at exit
             gc.collect()
-            D.shutdown(ctx)
+            shutdown(ctx)
     return Path(cfg.out)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from covidxray.evaluation.metrics import roc_auc
+from covidxray.metrics import roc_auc
 from covidxray.models.base import XRayNet, logits_to_probabilities
 from covidxray.preprocess import Preprocessing
 from covidxray.training.dataset import SplitData, batch_inputs

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from covidxray import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 from covidxray.web.api import router
 from covidxray.web.audit import AuditLog
 from covidxray.web.schemas import ErrorResponse

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from covidxray.bundle import BACKENDS
 from covidxray.web.settings import DEFAULT_AUDIT_DB
 
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument(
         "--backend",
-        choices=("torch", "onnx"),
+        choices=BACKENDS,
         default="torch",
         help="inference backend (Grad-CAM needs torch; default: %(default)s)",
     )
@@ -64,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from covidxray import NOT_FOR_CLINICAL_USE
-    from covidxray.cli import EXIT_MODEL, EXIT_USAGE, CLIError
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.errors import EXIT_MODEL, EXIT_USAGE, CLIError
 
     try:
         from covidxray.web.settings import WebSettings

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.about import NOT_FOR_CLINICAL_USE
 
 
 class ImagePrediction(BaseModel):

@@ -42,8 +42,8 @@ class PredictorLike(Protocol):
     def info(self) -> dict[str, Any]: ...
 
 
-def model_version(info: dict[str, Any]) -> str:
-    """The version string recorded with every prediction."""
+def recorded_version(info: dict[str, Any]) -> str:
+    """The model version recorded with every prediction: the backend's ``version`` from the model card."""
     return str(info.get("version") or f"{info.get('architecture', 'model')}@{info.get('created', 'unknown')}")
 
 
@@ -59,7 +59,7 @@ class PredictionService:
         self.settings = settings
         self.audit = audit
         self.info = dict(predictor.info())
-        self.model_version = model_version(self.info)
+        self.model_version = recorded_version(self.info)
         self.can_explain = self.info.get("backend", "torch") == "torch"
         self._explain_lock = threading.Lock()
         self.limiter = anyio.CapacityLimiter(settings.workers)  # create inside the event loop (the lifespan)

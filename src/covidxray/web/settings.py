@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from covidxray.bundle import BACKENDS
+
 DEFAULT_AUDIT_DB = "sqlite:///runs/audit.sqlite"
 MB = 1024 * 1024
 
@@ -41,8 +43,8 @@ class WebSettings:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be at least 1 or None, got {self.torch_threads}")
-        if self.backend not in ("torch", "onnx"):
-            raise ValueError(f"backend must be 'torch' or 'onnx', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.keep_uploads is not None and not isinstance(self.keep_uploads, Path):
             object.__setattr__(self, "keep_uploads", Path(self.keep_uploads))
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covidxray.data.sources import cohen, covidx, folder, kermany, radiography
-from covidxray.data.sources.base import LABELS, Candidate, Reject, SourceScan
+from covidxray.data.sources.base import Candidate, Reject, SourceScan
+from covidxray.vocabulary import LABELS
 
 LAYOUTS = {m.NAME: m for m in (cohen, kermany, radiography, folder, covidx)}
 SPECIFIC = ("cohen", "covidx", "kermany", "radiography")  # detection order; "folder" is the fallback

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from covidxray.imageio import IMAGE_SUFFIXES
 
-LABELS = ("covid", "normal", "pneumonia")
-
 
 @dataclass
 class Candidate:

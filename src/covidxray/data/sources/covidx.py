@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from covidxray.data.sources.base import Candidate, SourceScan
+from covidxray.vocabulary import SPLITS
 
 NAME = "covidx"
 LABEL_MAP = {
@@ -21,7 +22,6 @@ LABEL_MAP = {
     "normal": "normal",
     "pneumonia": "pneumonia",
 }
-SPLITS = ("train", "val", "test")
 
 
 def parse_line(line: str) -> tuple[str, str, str, str] | None:

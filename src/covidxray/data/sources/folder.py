@@ -15,7 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from covidxray.data.sources.base import LABELS, Candidate, SourceScan, image_files, normalise_name
+from covidxray.data.sources.base import Candidate, SourceScan, image_files, normalise_name
+from covidxray.vocabulary import LABELS
 
 NAME = "folder"
 IGNORE = "ignore"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from covidxray import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from covidxray import NOT_FOR_CLINICAL_USE
+from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.evaluation.bootstrap import classification_statistic, patient_bootstrap
 from covidxray.evaluation.calibration import DEFAULT_BINS, reliability_bins
 from covidxray.evaluation.metrics import (

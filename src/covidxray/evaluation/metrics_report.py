@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from covidxray.evaluation.document import Figure, Report, fmt
 from covidxray.evaluation.figures import confusion_matrix_png, reliability_png, roc_curves_png
 from covidxray.evaluation.metrics import CLASS_METRICS
 from covidxray.evaluation.probe import EXPLANATION
-from covidxray.evaluation.report import Figure, Report, fmt
 
 METRIC_NAMES = {
     "sensitivity": "sensitivity",

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from covidxray.evaluation.evaluate_report import cell
-from covidxray.evaluation.report import fmt
+from covidxray.evaluation.document import fmt
+from covidxray.evaluation.metrics_report import cell
 
 
 def _row(name: str, *cells: str, width: int = 12) -> str:
