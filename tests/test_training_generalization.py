@@ -76,6 +76,7 @@ def test_adversary_changes_training_is_recorded_and_kept_out_of_the_bundle(
     assert w_plain.keys() == w_adv.keys()  # the bundle holds the classifier only
     assert not torch.equal(w_plain["net.conv.conv1.weight"], w_adv["net.conv.conv1.weight"])
     row = json.loads((adv / "history.jsonl").read_text().splitlines()[-1])
+    assert "adv_source_acc" in (adv / "history.csv").read_text().splitlines()[0]
     assert 0 <= row["adv_source_acc"] <= 1 and row["adv_loss"] > 0 and 0 < row["adv_lambda"] <= 1.0
     assert load_bundle(adv / "model").config.training["adversary"] == "conditional"
     info = json.loads((adv / "run.json").read_text())
