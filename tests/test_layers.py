@@ -13,10 +13,20 @@ PACKAGE = SRC / "covidxray"
 
 # Leaves first: modules that import nothing of covidxray (facts, errors, pure metrics), then the data flow.
 LAYERS = (
-    ("leaf", ("covidxray.about", "covidxray.errors", "covidxray.metrics", "covidxray.vocabulary")),
+    (
+        "leaf",
+        (
+            "covidxray.about",
+            "covidxray.decision",
+            "covidxray.errors",
+            "covidxray.metrics",
+            "covidxray.vocabulary",
+        ),
+    ),
     ("imageio", ("covidxray.imageio",)),
     ("preprocess", ("covidxray.preprocess",)),
     ("models", ("covidxray.models",)),
+    ("segmentation", ("covidxray.segmentation",)),
     ("data", ("covidxray.data",)),
     ("bundle", ("covidxray.bundle",)),
     ("training", ("covidxray.training",)),

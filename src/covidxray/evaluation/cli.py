@@ -17,14 +17,18 @@ DEFAULT_CACHE_DIR = Path("runs/cache")
 
 
 # -- shared helpers ----------------------------------------------------------------------------------------------
-def resolve_bundle(path: str | Path) -> Path:
-    """The bundle folder meant by ``path`` (:func:`covidxray.bundle.resolve_model_path`), or exit code 5."""
+def resolve_bundle(path: str | Path | None) -> Path:
+    """The bundle folder meant by ``path`` (:func:`covidxray.bundle.resolve_model_path`; None: the shipped model),
+    or exit code 5."""
     from covidxray.bundle import ModelLoadError, resolve_model_path
 
     try:
         return resolve_model_path(path, "torch")
     except ModelLoadError as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
+
+
+DEFAULT_MODEL_EVALUATION_DIR = Path("runs/evaluation-default")
 
 
 def default_evaluation_dir(bundle: Path) -> Path:
@@ -67,6 +71,13 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: %(default)s)")
     p.add_argument("--no-probe", action="store_true", help="skip the source shortcut probe")
+    p.add_argument(
+        "--lung-attention",
+        type=int,
+        default=300,
+        metavar="N",
+        help="in-lung Grad-CAM share on a seeded sample of N evaluated images (0: skip; default: %(default)s)",
+    )
 
 
 def _options(args: argparse.Namespace, **overrides):
@@ -82,6 +93,7 @@ def _options(args: argparse.Namespace, **overrides):
         target_sensitivity=args.target_sensitivity,
         batch_size=args.batch_size,
         probe=not args.no_probe,
+        lung_attention=max(0, args.lung_attention),
         **overrides,
     )
 
@@ -92,10 +104,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
     from covidxray.evaluation.terminal_summary import summary_lines
 
-    bundle = resolve_bundle(args.model)
+    store = not args.no_store_operating_point
+    if args.model is None:  # the shipped model: evaluate it, never rewrite it
+        bundle = resolve_bundle(None)
+        out = Path(args.out) if args.out else DEFAULT_MODEL_EVALUATION_DIR
+        store = False
+    else:
+        bundle = resolve_bundle(args.model)
+        out = Path(args.out) if args.out else default_evaluation_dir(bundle)
     df = read_manifest_or_fail(args.manifest)
-    out = Path(args.out) if args.out else default_evaluation_dir(bundle)
-    options = _options(args, split=args.split, store_operating_point=not args.no_store_operating_point)
+    options = _options(args, split=args.split, store_operating_point=store)
     try:
         result = evaluate(bundle, df, out, args.cache_dir, options, manifest_path=args.manifest)
     except BundleError as exc:
@@ -291,7 +309,11 @@ def _register_evaluate(subparsers) -> None:
             + NOT_FOR_CLINICAL_USE
         ),
     )
-    p.add_argument("--model", required=True, help="a run folder (with model/) or a bundle folder")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a run folder (with model/) or a bundle folder (default: the shipped model, never modified)",
+    )
     p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray data build)")
     p.add_argument(
         "--split",
@@ -299,7 +321,12 @@ def _register_evaluate(subparsers) -> None:
         choices=EVALUATED_ROWS,
         help="rows to evaluate (default: %(default)s)",
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: <run>/evaluation)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: <run>/evaluation; runs/evaluation-default for the shipped model)",
+    )
     p.add_argument(
         "--no-store-operating-point",
         action="store_true",

@@ -49,6 +49,7 @@ class EvaluationOptions:
     probe: bool = True
     probe_folds: int = 5
     batch_size: int = 32
+    lung_attention: int = 300  # images sampled for the in-lung Grad-CAM share (0: skip)
 
 
 def _metric(value: float | None, interval, reason: str = "", note: str = "") -> dict[str, Any]:

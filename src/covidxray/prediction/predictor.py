@@ -7,7 +7,14 @@ operating point, input guard):
 * ``"onnx"``: ``model.onnx`` written by ``covidxray export`` (facts in its metadata), through ONNX Runtime,
   without importing torch.
 
-The label follows the decision rule of :mod:`covidxray.prediction.backend`.
+How the label is decided
+------------------------
+Without an operating point the label is the most probable class. A bundle stores named operating points
+(``screening``, ``balanced``, maybe ``site``; see :mod:`covidxray.decision`) and the name of the one that decides:
+the label is that point's class whenever its probability is ``>= t``; otherwise it is the most probable of the
+*other* classes. ``Prediction.decision`` says which point decided, its threshold, the probability compared with it
+and why in words; ``Prediction.covid_threshold`` holds ``t`` (None when the plain argmax was used). The
+probabilities themselves are never changed. The rule itself lives in :mod:`covidxray.decision`.
 """
 
 from __future__ import annotations
@@ -21,16 +28,22 @@ import numpy as np
 
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.bundle import ModelLoadError, resolve_model_path
+from covidxray.decision import read_operating_points, rule_in_words
 from covidxray.imageio import ImageLoadError, LoadedImage
-from covidxray.prediction.backend import Backend, decide_label, decision_rule
+from covidxray.prediction.backend import Backend, Decision, decide
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
 from covidxray.preprocess import Preprocessing
+from covidxray.segmentation.segmenter import default_segmenter_facts
 
 DEFAULT_BATCH_SIZE = 32
 
 
-__all__ = ["ModelLoadError", "Prediction", "Predictor", "load_predictor"]
+__all__ = ["Explanation", "ModelLoadError", "Prediction", "Predictor", "load_predictor"]
+
+
+def _cannot_use(name: str | None, exc: Exception) -> str:
+    return f"{name or '<image>'}: cannot be used: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -49,6 +62,10 @@ class Prediction:
     error: str | None = None
     error_reason: str | None = None
     covid_threshold: float | None = None
+    decision: dict[str, Any] | None = (
+        None  # Decision.to_dict(): point, class, threshold, probability, explanation
+    )
+    lungs: dict[str, Any] | None = None  # lung-field facts: area_fraction, components, balance, quality
 
     @property
     def ok(self) -> bool:
@@ -58,20 +75,36 @@ class Prediction:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """A Grad-CAM explanation: the overlay PNG, the class it explains, the heatmap's share inside the lungs."""
+
+    png: bytes
+    label: str
+    lung_share: float | None
+
+
 class Predictor:
     """A loaded model ready to predict; build it with :func:`load_predictor` (or ``covidxray.load_model``).
 
     ``strict=True`` refuses images the input guard flags (their ``error_reason`` is ``"refused"``).
+    ``lung_check=True`` segments the lung fields (shipped segmenter, ONNX) for the guard's lung-field check;
+    models with ``resize: lungcrop`` always segment, to crop.
     """
 
-    def __init__(self, backend: Backend, strict: bool = False):
+    def __init__(self, backend: Backend, strict: bool = False, lung_check: bool = True):
         self.backend = backend
         self.config = backend.config
         self.classes: list[str] = list(self.config["classes"])
         self.preprocessing = Preprocessing.from_dict(self.config["preprocessing"])
-        self.operating_point: dict[str, Any] | None = self.config.get("operating_point")
+        self.operating_points, self.decision = read_operating_points(self.config)
+        self.operating_point: dict[str, Any] | None = (
+            self.operating_points.get(self.decision) if self.decision else None
+        )  # the deciding point
         self.guard = InputGuard.from_config(self.config.get("guard"))
         self.strict = strict
+        self.lung_check = lung_check
+        self._segmenter = None
         self._explainer = None
 
     # -- prediction -----------------------------------------------------------------------------------------
@@ -102,35 +135,50 @@ class Predictor:
     def _predict_chunk(self, items: list[ImageInput]) -> list[Prediction]:
         results: list[Prediction | None] = [None] * len(items)
         loaded: list[tuple[int, LoadedImage]] = []
-        canon: list[np.ndarray] = []
         for i, item in enumerate(items):
             name = describe(item)
             try:
-                img = to_loaded_image(item)
-                c = self.preprocessing.canonical(img.pixels)
+                loaded.append((i, to_loaded_image(item)))
             except ImageLoadError as exc:
                 results[i] = Prediction(name, None, error=str(exc), error_reason=exc.reason)
-                continue
             except UnsupportedInput:
                 raise
             except Exception as exc:  # e.g. PIL's DecompressionBombError: one bad file must not stop a batch
-                results[i] = Prediction(
-                    name,
-                    None,
-                    error=f"{name or '<image>'}: cannot be used: {type(exc).__name__}: {exc}",
-                    error_reason="error",
-                )
+                results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
+        lungs = self.segment_lungs([img for _, img in loaded])
+        kept: list[tuple[int, LoadedImage, Any]] = []
+        canon: list[np.ndarray] = []
+        for (i, img), seg in zip(loaded, lungs, strict=True):
+            try:
+                canon.append(self.preprocessing.canonical(img.pixels, seg.mask if seg is not None else None))
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch
+                name = describe(items[i])
+                results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
                 continue
-            loaded.append((i, img))
-            canon.append(c)
-        if loaded:
+            kept.append((i, img, seg))
+        if kept:
             probs, feats = self.backend.run(self.preprocessing.to_input(np.stack(canon)))
-            for j, (i, img) in enumerate(loaded):
-                warnings = self.guard.check(img, feats[j] if feats is not None else None)
-                results[i] = self._result(describe(items[i]), probs[j], warnings)
+            for j, (i, img, seg) in enumerate(kept):
+                facts = seg.facts if seg is not None else None
+                warnings = self.guard.check(img, feats[j] if feats is not None else None, facts)
+                results[i] = self._result(describe(items[i]), probs[j], warnings, facts)
         return [r for r in results if r is not None]
 
-    def _result(self, name: str | None, probs: np.ndarray, warnings: list[str]) -> Prediction:
+    def segment_lungs(self, images: list[LoadedImage], always: bool = False) -> list[Any]:
+        """Lung segmentations (:class:`covidxray.segmentation.LungSegmentation`) of decoded images, or Nones
+        when lung fields are not used (not ``always``, no ``lungcrop`` and ``lung_check=False``)."""
+        if not images or not (always or self.lung_check or self.preprocessing.needs_lungs):
+            return [None] * len(images)
+        if self._segmenter is None:
+            from covidxray.segmentation.segmenter import default_segmenter
+
+            self._segmenter = default_segmenter("onnx")
+        return self._segmenter.segment_many(images)
+
+    def _result(
+        self, name: str | None, probs: np.ndarray, warnings: list[str], lungs: Any = None
+    ) -> Prediction:
+        facts = lungs.to_dict() if lungs is not None else None
         if self.strict and warnings:
             return Prediction(
                 name,
@@ -138,20 +186,32 @@ class Predictor:
                 warnings=warnings,
                 error_reason="refused",
                 error="refused by the input guard: " + "; ".join(warnings),
+                lungs=facts,
             )
-        label, threshold = decide_label(probs, self.classes, self.operating_point)
+        label, decision = self.decide(probs)
         return Prediction(
             name,
             label,
             {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
             warnings,
-            covid_threshold=threshold,
+            covid_threshold=decision.threshold,
+            decision=decision.to_dict(label),
+            lungs=facts,
         )
+
+    def decide(self, probabilities: np.ndarray) -> tuple[str, Decision]:
+        """The label of one probability vector and the :class:`~covidxray.decision.Decision` behind it."""
+        return decide(probabilities, self.classes, self.operating_points, self.decision)
 
     # -- explanation ---------------------------------------------------------------------------------------
     def explain(self, image: ImageInput) -> bytes:
         """A Grad-CAM overlay PNG for one image (torch backend): the image, the heatmap of the predicted class,
-        the class and its probability, and the not-for-clinical-use line. Raises ImageLoadError on a bad image."""
+        the lung outline, the class and its probability, the heatmap's in-lung share and the
+        not-for-clinical-use line. Raises ImageLoadError on a bad image."""
+        return self.explanation(image).png
+
+    def explanation(self, image: ImageInput) -> Explanation:
+        """:meth:`explain` with its facts: the overlay PNG, the explained label and the in-lung share."""
         if self.backend.name != "torch":
             raise RuntimeError("Grad-CAM needs the torch backend: load the model with backend='torch'")
         if self._explainer is None:
@@ -159,9 +219,12 @@ class Predictor:
 
             self._explainer = GradCamExplainer(self.backend.model, self.preprocessing, self.classes)  # type: ignore[attr-defined]
         img = to_loaded_image(image)
-        probs, _ = self.backend.run(self.preprocessing(img.pixels)[None])
-        label, _ = decide_label(probs[0], self.classes, self.operating_point)
-        return self._explainer.overlay_png(img, label, float(probs[0][self.classes.index(label)]))
+        seg = self.segment_lungs([img], always=True)[0]  # outline + in-lung share
+        mask = seg.mask if seg is not None else None
+        probs, _ = self.backend.run(self.preprocessing(img.pixels, mask)[None])
+        label, _ = self.decide(probs[0])
+        png, share = self._explainer.overlay(img, label, float(probs[0][self.classes.index(label)]), mask)
+        return Explanation(png, label, None if share is None or share != share else share)
 
     # -- model card ----------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -179,6 +242,8 @@ class Predictor:
             "versions": c.get("versions", {}),
             "metrics": c.get("metrics", {}),
             "operating_point": self.operating_point,
+            "operating_points": self.operating_points,
+            "decision": self.decision,
             "decision_rule": self.decision_rule(),
             "data": c.get("data", {}),
             "training": c.get("training", {}),
@@ -193,6 +258,7 @@ class Predictor:
                     if k in fd
                 },
             },
+            "lung_segmenter": default_segmenter_facts(),
             "intended_use": c.get("intended_use", ""),
             "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
             "backend": self.backend.name,
@@ -200,7 +266,8 @@ class Predictor:
         }
 
     def decision_rule(self) -> str:
-        return decision_rule(self.classes, self.operating_point)
+        """How the label follows from the probabilities, naming the deciding operating point."""
+        return rule_in_words(self.classes, self.operating_points, self.decision)
 
     def __repr__(self) -> str:
         return f"Predictor({self.backend.version!r}, backend={self.backend.name!r}, classes={self.classes})"
