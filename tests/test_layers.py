@@ -13,7 +13,16 @@ PACKAGE = SRC / "covidxray"
 
 # Leaves first: modules that import nothing of covidxray (facts, errors, pure metrics), then the data flow.
 LAYERS = (
-    ("leaf", ("covidxray.about", "covidxray.errors", "covidxray.metrics", "covidxray.vocabulary")),
+    (
+        "leaf",
+        (
+            "covidxray.about",
+            "covidxray.ensemble",
+            "covidxray.errors",
+            "covidxray.metrics",
+            "covidxray.vocabulary",
+        ),
+    ),
     ("imageio", ("covidxray.imageio",)),
     ("preprocess", ("covidxray.preprocess",)),
     ("models", ("covidxray.models",)),

@@ -49,6 +49,7 @@ class EvaluationOptions:
     probe: bool = True
     probe_folds: int = 5
     batch_size: int = 32
+    tta: int = 1  # test-time views averaged (1: none); see covidxray.preprocess.TTA_VIEWS
 
 
 def _metric(value: float | None, interval, reason: str = "", note: str = "") -> dict[str, Any]:
