@@ -12,7 +12,8 @@
 
 ``--model`` defaults to the shipped default model; ``--second`` is the ensemble's second member (default: the
 model itself, which measures the cost only: an ensemble of a model with itself predicts what the model does).
-Writes benchmarks/results/bench_tta.json and prints two tables.
+Writes benchmarks/results/bench_tta.json (``--skip-cost`` / ``--skip-effect`` keep the other section of an
+existing file) and prints two tables.
 """
 
 from __future__ import annotations
@@ -202,7 +203,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_tta_"))
     try:
         bundles = [prepare(first, work, "first"), prepare(second or first, work, "second")]
-        result: dict = {
+        # each section keeps its own command and machine, so the cost and the effect can be measured apart
+        result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        about = {
             "command": "benchmarks/bench_tta.py " + " ".join(sys.argv[1:]),
             "models": {"first": str(first), "second": str(second or first) + ("" if second else " (itself)")},
             "machine": machine(args.threads),
@@ -210,11 +213,14 @@ def main() -> int:
         }
         if not args.skip_cost:
             print(f"cost: {args.images} val/test images, batches of 32, {args.threads} thread(s)", flush=True)
-            result["cost"] = bench_cost(bundles, sample_paths(args.images), args.threads, args.latency_runs)
+            rows = bench_cost(bundles, sample_paths(args.images), args.threads, args.latency_runs)
+            result["cost"] = {**about, "rows": rows}
+            result["cost"]["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
         if not args.skip_effect:
             print("effect: test split, operating point chosen on val", flush=True)
-            result["effect"] = bench_effect(bundles, second is not None, args.cache_dir, work, args.bootstrap)
-        result["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+            rows = bench_effect(bundles, second is not None, args.cache_dir, work, args.bootstrap)
+            result["effect"] = {**about, "machine": machine(args.threads), "rows": rows}
+            result["effect"]["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

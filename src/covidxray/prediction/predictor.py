@@ -254,7 +254,7 @@ class Predictor:
             "classes": self.classes,
             "architecture": arch.get("name") if isinstance(arch, dict) else str(arch),
             "architecture_kwargs": arch.get("kwargs", {}) if isinstance(arch, dict) else {},
-            "version": self.backend.version,
+            "version": self.version,
             "created": c.get("created", ""),
             "versions": c.get("versions", {}),
             "metrics": c.get("metrics", {}),
