@@ -135,7 +135,13 @@ def covid_figures(metrics: dict) -> dict:
 
 
 def bench_effect(
-    bundles: list[Path], second: bool, cache_dir: Path, work: Path, n_resamples: int
+    bundles: list[Path],
+    second: bool,
+    cache_dir: Path,
+    work: Path,
+    n_resamples: int,
+    only: set[str] | None,
+    save=None,
 ) -> list[dict]:
     from covidxray.data.manifest import read_manifest
     from covidxray.evaluation.evaluate import evaluate
@@ -147,6 +153,8 @@ def bench_effect(
     if second:
         runs.insert(len(TTA_COUNTS), ("second", 1, False))
     for name, tta, ensemble in runs:
+        if only and name not in only:
+            continue
         members = bundles if ensemble else ([bundles[1]] if name == "second" else bundles[:1])
         o = EvaluationOptions(tta=tta, probe=False, n_resamples=n_resamples, store_operating_point=False)
         t0 = time.perf_counter()
@@ -155,6 +163,8 @@ def bench_effect(
         )
         rows.append({"variant": name, "tta_views": tta, "models": len(members), **covid_figures(metrics)})
         rows[-1]["seconds"] = time.perf_counter() - t0
+        if save is not None:
+            save(rows[-1])
         r = rows[-1]
         within = ", ".join(f"{s} {v['value']:.4f}" for s, v in r["covid_auc_within"].items())
         opt = r.get("operating_point", {})
@@ -177,6 +187,22 @@ def machine(threads: int) -> dict:
     }
 
 
+def load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def update_results(change) -> None:
+    """Read the results file, apply ``change`` to it, write it back (under a lock: runs may overlap)."""
+    import fcntl
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / "bench_tta.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        change(result)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="bundle (default: the shipped default model)")
@@ -190,6 +216,12 @@ def main() -> int:
     ap.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples")
     ap.add_argument("--skip-cost", action="store_true")
     ap.add_argument("--skip-effect", action="store_true")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated effect variants to measure (none, tta2, tta4, tta8, second, ensemble2, "
+        "ensemble2+tta4); their rows replace those of an existing results file",
+    )
     args = ap.parse_args()
 
     import onnxruntime
@@ -203,8 +235,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_tta_"))
     try:
         bundles = [prepare(first, work, "first"), prepare(second or first, work, "second")]
-        # each section keeps its own command and machine, so the cost and the effect can be measured apart
-        result: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        # each section keeps its own command and machine, so the cost and the effect can be measured apart;
+        # effect rows are saved one by one and merged by variant (two effect runs may write side by side)
         about = {
             "command": "benchmarks/bench_tta.py " + " ".join(sys.argv[1:]),
             "models": {"first": str(first), "second": str(second or first) + ("" if second else " (itself)")},
@@ -214,17 +246,25 @@ def main() -> int:
         if not args.skip_cost:
             print(f"cost: {args.images} val/test images, batches of 32, {args.threads} thread(s)", flush=True)
             rows = bench_cost(bundles, sample_paths(args.images), args.threads, args.latency_runs)
-            result["cost"] = {**about, "rows": rows}
-            result["cost"]["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+            section = {**about, "machine": {**about["machine"], "load_average_after": load()}, "rows": rows}
+            update_results(lambda r: r.update(cost=section))
         if not args.skip_effect:
             print("effect: test split, operating point chosen on val", flush=True)
-            rows = bench_effect(bundles, second is not None, args.cache_dir, work, args.bootstrap)
-            result["effect"] = {**about, "machine": machine(args.threads), "rows": rows}
-            result["effect"]["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+            only = set(args.variants.split(",")) if args.variants else None  # rows of other variants stay
+
+            def save(row: dict) -> None:
+                def merge(r: dict) -> None:
+                    old = r.get("effect", {})
+                    rows = [x for x in old.get("rows", []) if x["variant"] != row["variant"]] + [row]
+                    row["command"], row["models"] = about["command"], about["models"]
+                    row["machine"] = {**about["machine"], "load_average_after": load()}
+                    r["effect"] = {"versions": about["versions"], "rows": rows}
+
+                update_results(merge)
+
+            bench_effect(bundles, second is not None, args.cache_dir, work, args.bootstrap, only, save)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(REPO)}")
     return 0
 
