@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import xray_like
+from conftest import dicom_bytes, xray_like
 from covidxray import NOT_FOR_CLINICAL_USE
 from covidxray.web.app import STATIC_DIR, create_app
 from covidxray.web.audit import AuditLog
@@ -54,31 +54,6 @@ def _png(pixels: np.ndarray) -> bytes:
 def _jpeg(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _dicom(pixels: np.ndarray) -> bytes:
-    """A 12-bit MONOCHROME2 DICOM of the image (no test file ships one)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-        "CR",
-    )
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 
@@ -125,7 +100,7 @@ def test_predict_png_jpeg_dicom_with_audit_rows(predictor, tmp_path):
     uploads = [
         ("chest.png", _png(pixels)),
         ("other.jpg", _jpeg(xray_like(seed=2))),
-        ("scan.dcm", _dicom(pixels)),
+        ("scan.dcm", dicom_bytes(pixels)),
     ]
     with _client(predictor, tmp_path) as client:
         r = client.post(
@@ -163,7 +138,7 @@ def test_predict_explain_and_preview(predictor, tmp_path):
             "/api/v1/predict?explain=true&preview=true",
             files=[
                 ("files", ("x.png", _png(pixels), "image/png")),
-                ("files", ("x.dcm", _dicom(pixels), "application/dicom")),
+                ("files", ("x.dcm", dicom_bytes(pixels), "application/dicom")),
             ],
         )
         by_form = client.post(
@@ -264,6 +239,53 @@ def test_400_no_files_or_bad_parameter(predictor, tmp_path):
     assert no_files.status_code == 400 and no_files.json()["error"] == "no_files"
     assert bad_query.status_code == 400
     assert bad_query.json()["error"] == "bad_request" and "explain" in bad_query.json()["message"]
+
+
+def test_explain_form_field_is_a_boolean(predictor, tmp_path):
+    """The schema says boolean: true/false are read, anything else is refused (it was silently false)."""
+    png = ("x.png", _png(xray_like()), "image/png")
+    with _client(predictor, tmp_path) as client:
+        bad = client.post("/api/v1/predict", files={"files": png}, data={"explain": "0"})
+        yes = client.post("/api/v1/predict", files={"files": png}, data={"explain": "TRUE"})
+        no = client.post("/api/v1/predict", files={"files": png}, data={"explain": "false"})
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+    assert "'explain'" in bad.json()["message"] and "'0'" in bad.json()["message"]
+    assert yes.json()["predictions"][0]["gradcam_png"] and no.json()["predictions"][0]["gradcam_png"] is None
+
+
+def test_openapi_states_the_server_limits_and_every_error(predictor, tmp_path):
+    """What the server enforces is in the published schema (the contract fuzz relies on it)."""
+    with _client(predictor, tmp_path, max_files=5, max_upload_mb=1) as client:
+        doc = client.get("/openapi.json").json()
+    with _client(predictor, tmp_path, max_files=7) as client:  # one app's limits do not leak into another's
+        other = client.get("/openapi.json").json()
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    predict = doc["paths"]["/api/v1/predict"]["post"]
+    form = predict["requestBody"]["content"]["multipart/form-data"]
+    files = form["schema"]["properties"]["files"]
+    assert predict["requestBody"]["required"] and form["schema"]["required"] == ["files"]
+    assert (files["minItems"], files["maxItems"]) == (1, 5) and str(1024 * 1024) in files["description"]
+    assert form["encoding"]["files"]["contentType"] == "image/png, image/jpeg, application/dicom"
+    for status in ("400", "413", "415", "422", "500"):
+        assert predict["responses"][status]["content"]["application/json"]["schema"] == error_ref, status
+    for path in ("/api/v1/model", "/healthz"):
+        assert (
+            doc["paths"][path]["get"]["responses"]["500"]["content"]["application/json"]["schema"]
+            == error_ref
+        )
+    other_files = other["paths"]["/api/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert other_files["schema"]["properties"]["files"]["maxItems"] == 7 and files["maxItems"] == 5
+
+
+def test_500_is_an_error_response(predictor, tmp_path):
+    """An unexpected failure (here: --keep-uploads names a file, not a folder) answers the documented model."""
+    not_a_folder = tmp_path / "kept"
+    not_a_folder.write_text("")
+    app = create_app(predictor, WebSettings(audit_db=None, keep_uploads=not_a_folder))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/api/v1/predict", files={"files": ("x.png", _png(xray_like()), "image/png")})
+    assert r.status_code == 500
+    assert r.json()["error"] == "internal_error" and "FileExistsError" in r.json()["message"]
 
 
 def test_uploads_kept_only_when_configured_and_only_under_sha256(predictor, tmp_path):

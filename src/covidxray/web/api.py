@@ -23,9 +23,36 @@ def get_service(request: Request) -> PredictionService:
 
 ServiceDep = Annotated[PredictionService, Depends(get_service)]
 
-# The body is parsed by covidxray.web.uploads (limits enforced while streaming), so it is described here by hand.
-_MULTIPART_BODY: dict[str, Any] = {
-    "requestBody": {
+# Media types of the parts of 'files' (content is sniffed; the part's Content-Type header is not trusted).
+ACCEPTED_MEDIA_TYPES = ("image/png", "image/jpeg", "application/dicom")
+
+_ERROR = {"model": ErrorResponse}
+_SERVER_ERROR: dict[int | str, dict[str, Any]] = {
+    500: {**_ERROR, "description": "unexpected server error (the server log has the details)"}
+}
+_PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        **_ERROR,
+        "description": "malformed request: no file in the field 'files', a file in another field, a bad "
+        "query value, or explain=true on the onnx backend",
+    },
+    413: {**_ERROR, "description": "a file is larger than the upload limit, or more files than maxItems"},
+    415: {
+        **_ERROR,
+        "description": "the body is not multipart/form-data, or a file is not PNG, JPEG or DICOM",
+    },
+    422: {**_ERROR, "description": "an image cannot be decoded (empty, truncated, too small, ...)"},
+    **_SERVER_ERROR,
+}
+
+
+def predict_request_body(max_files: int, max_upload_bytes: int) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` of ``POST /api/v1/predict`` under this server's limits.
+
+    The body is parsed by :func:`covidxray.web.uploads.read_multipart` (limits enforced while streaming), not by
+    FastAPI, so it is described here by hand; ``create_app`` puts it into the published schema.
+    """
+    return {
         "required": True,
         "content": {
             "multipart/form-data": {
@@ -36,35 +63,50 @@ _MULTIPART_BODY: dict[str, Any] = {
                         FILE_FIELD: {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "one or more chest X-rays: PNG, JPEG or DICOM",
+                            "minItems": 1,
+                            "maxItems": max_files,
+                            "description": f"one to {max_files} chest X-rays (PNG, JPEG or DICOM), each at "
+                            f"most {max_upload_bytes} bytes; the type is read from the content",
                         },
-                        "explain": {"type": "boolean", "description": "same as the query parameter"},
+                        "explain": {
+                            "type": "boolean",
+                            "description": "true or false; same as the query parameter",
+                        },
                     },
-                }
+                },
+                "encoding": {FILE_FIELD: {"contentType": ", ".join(ACCEPTED_MEDIA_TYPES)}},
             }
         },
     }
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "malformed request, or no file in the field 'files'"},
-    413: {"model": ErrorResponse, "description": "a file is larger than the upload limit, or too many files"},
-    415: {"model": ErrorResponse, "description": "a file is not a PNG, JPEG or DICOM image"},
-    422: {
-        "model": ErrorResponse,
-        "description": "an image cannot be decoded (empty, truncated, too small, ...)",
-    },
-}
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+def document_request_body(openapi: dict[str, Any], max_files: int, max_upload_bytes: int) -> dict[str, Any]:
+    """Put :func:`predict_request_body` into a generated OpenAPI document (in place; returned for chaining)."""
+    operation = openapi["paths"]["/api/v1/predict"]["post"]
+    operation["requestBody"] = predict_request_body(max_files, max_upload_bytes)
+    return openapi
+
+
+def form_bool(fields: dict[str, str], name: str) -> bool:
+    """A boolean form field: ``true`` or ``false`` (any case) as the schema says, absent is false, else a 400."""
+    value = fields.get(name)
+    if value is None:
+        return False
+    spelled = value.strip().lower()
+    if spelled not in ("true", "false"):
+        raise UploadError(
+            400,
+            "bad_request",
+            f"form field '{name}' must be true or false, got {value[:40]!r}",
+            hint=f"send {name}=true, {name}=false, or leave the field out",
+        )
+    return spelled == "true"
 
 
 @router.post(
     "/api/v1/predict",
     response_model=PredictResponse,
-    responses=_ERRORS,
-    openapi_extra=_MULTIPART_BODY,
+    responses=_PREDICT_ERRORS,
     summary="Classify one or more chest X-rays",
     tags=["prediction"],
 )
@@ -90,13 +132,19 @@ async def predict(
             f"no file in the form field '{FILE_FIELD}'",
             hint=f"attach images as multipart/form-data with the field name '{FILE_FIELD}'",
         )
+    explain = form_bool(fields, "explain") or explain
     uploads = [check_upload(name, data) for name, data in raw]
-    explain = explain or _truthy(fields.get("explain"))
     results = await anyio.to_thread.run_sync(service.run, uploads, explain, preview, limiter=service.limiter)
     return PredictResponse(model_version=service.model_version, predictions=results)
 
 
-@router.get("/api/v1/model", response_model=ModelCard, summary="Model card facts", tags=["model"])
+@router.get(
+    "/api/v1/model",
+    response_model=ModelCard,
+    responses=_SERVER_ERROR,
+    summary="Model card facts",
+    tags=["model"],
+)
 async def model_card(service: ServiceDep) -> ModelCard:
     """Classes, architecture, version, training data, metrics and operating point of the served model."""
     info = {k: v for k, v in service.info.items() if k not in ("limits", "notice")}
@@ -109,6 +157,12 @@ async def model_card(service: ServiceDep) -> ModelCard:
     return ModelCard(**info, limits=limits)
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness and the served model", tags=["service"])
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses=_SERVER_ERROR,
+    summary="Liveness and the served model",
+    tags=["service"],
+)
 async def healthz(service: ServiceDep) -> Health:
     return Health(model_version=service.model_version, backend=service.settings.backend)

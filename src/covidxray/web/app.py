@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
-from covidxray.web.api import router
+from covidxray.web.api import document_request_body, router
 from covidxray.web.audit import AuditLog
 from covidxray.web.schemas import ErrorResponse
 from covidxray.web.service import PredictionService, PredictorLike
@@ -100,6 +100,17 @@ def create_app(
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus what it cannot see: the hand-parsed upload body under this server's limits."""
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            app.openapi_schema = document_request_body(
+                document, settings.max_files, settings.max_upload_bytes
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(UploadError)
     async def upload_error(_request: Request, exc: UploadError) -> JSONResponse:
         body = ErrorResponse(error=exc.error, message=exc.message, file=exc.file, hint=exc.hint)
@@ -112,6 +123,16 @@ def create_app(
         return JSONResponse(
             ErrorResponse(error="bad_request", message=problems).model_dump(), status_code=400
         )
+
+    @app.exception_handler(Exception)
+    async def server_error(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette still re-raises the exception after this answer, so the server log gets the traceback.
+        body = ErrorResponse(
+            error="internal_error",
+            message=f"unexpected server error ({type(exc).__name__}) while handling this request",
+            hint="retry; if it persists, report it with the server log",
+        )
+        return JSONResponse(body.model_dump(), status_code=500)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

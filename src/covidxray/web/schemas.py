@@ -70,7 +70,8 @@ class ErrorResponse(BaseModel):
     """Every refusal: a stable code, a message naming the file, and what to do."""
 
     error: str = Field(
-        description="too_large, too_many_files, unsupported_media_type, undecodable_image, ..."
+        description="no_files, bad_request, too_large, too_many_files, unsupported_media_type, "
+        "undecodable_image, explain_unavailable or internal_error"
     )
     message: str
     file: str | None = None
