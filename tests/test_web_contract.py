@@ -31,9 +31,9 @@ from covidxray.web.settings import WebSettings
 
 # A small per-request file limit for the in-process app, so the fuzzer reaches it (maxItems) quickly.
 MAX_FILES = 2
-# Per operation and phase. With the coverage phase's boundary cases: ~175 requests, about 40 s of CPU, mostly
+# Per operation and phase. With the coverage phase's boundary cases: a few hundred requests, mostly
 # Grad-CAM for the valid requests with explain=true.
-MAX_EXAMPLES = int(os.environ.get("COVIDXRAY_CONTRACT_MAX_EXAMPLES", "100"))
+MAX_EXAMPLES = int(os.environ.get("COVIDXRAY_CONTRACT_MAX_EXAMPLES", "200"))
 SEED = 17
 # How a schema-violating request may be refused: 413 for more files than maxItems, 415 for a body that is not
 # multipart/form-data, 400 for the rest (422 is documented for undecodable images).
