@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'metric':<20}{'value':>16}  target")
     for name, value, target in rows:
         print(f"{name:<20}{value:>16}  {target}")
-    print(f"meets targets: {result['meets_targets']}  -> {args.out.relative_to(REPO)}")
+    print(f"meets targets: {result['meets_targets']}  -> {args.out.resolve().relative_to(REPO)}")
     return 0 if result["errors"] == 0 else 1
 
 

@@ -67,3 +67,17 @@ def test_a_frame_without_root_is_refused(manifest, tmp_path: Path):
     frame.attrs = {}
     with pytest.raises(ValueError, match="attrs"):
         load_cache(frame, PRE, tmp_path / "cache", progress=False)
+
+
+def test_lungcrop_cache_crops_with_the_shipped_segmenter(manifest, tmp_path: Path):
+    from covidxray.segmentation import lung_mask_fn
+    from covidxray.segmentation.segmenter import default_segmenter_version
+
+    lc = Preprocessing(image_size=32, resize="lungcrop", lung_segmenter=default_segmenter_version())
+    assert cache_path(manifest, lc, tmp_path / "cache") != cache_path(manifest, PRE, tmp_path / "cache")
+    cached = load_cache(
+        manifest, lc, tmp_path / "cache", workers=2, progress=False
+    )  # segmenter in each worker
+    for i, rel in enumerate(manifest["path"]):
+        pixels = load_image(Path(manifest.attrs["root"]) / rel).pixels
+        assert np.array_equal(cached[i], lc.canonical(pixels, lung_mask_fn(lc)))

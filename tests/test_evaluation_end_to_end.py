@@ -98,6 +98,12 @@ def test_evaluate_command_end_to_end(tiny_bundle, manifest, tmp_path, capsys):
         metrics["operating_point"]["threshold"]
     )
     assert metrics["operating_point"]["chosen_on"]["sensitivity"] >= 0.95
+    # where the model looks: in-lung Grad-CAM share per source and per class, in metrics and report
+    att = metrics["lung_attention"]
+    assert att["sampled"]["n_images"] == 28 and set(att["per_source"]) == {"alpha", "beta"}
+    assert 0.0 <= att["overall"]["in_lung_share"] <= 1.0 and 0.0 < att["overall"]["lung_area"] < 1.0
+    assert set(att["per_class"]) <= {"covid", "normal", "pneumonia"} and att["per_class"]
+    assert "Where the model looks: Grad-CAM inside the lung fields" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 9 and NOT_FOR_CLINICAL_USE in page
     assert (out / "report.md").read_text().splitlines()[2] == f"> **{NOT_FOR_CLINICAL_USE}**"
@@ -130,6 +136,8 @@ def test_compare_two_runs(tiny_bundle, manifest, tmp_path):
     assert "2 min 05 s" in md and f"{params:,}" in md
     accuracy = next(line for line in md.splitlines() if line.startswith("| accuracy |"))
     assert len(re.findall(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", accuracy)) == 2
+    in_lungs = next(line for line in md.splitlines() if line.startswith("| Grad-CAM in lungs (share) |"))
+    assert len(re.findall(r"\| \d\.\d{3} ", in_lungs + " ")) == 2  # measured for both runs
     lines = md.splitlines()
     header = lines.index("| " + " | ".join(HEADLINE_COLUMNS) + " |")  # BENCHMARKS.md's comparison columns
     first_row = lines[header + 2].split(" | ")

@@ -17,6 +17,7 @@ LAYERS = (
         "leaf",
         (
             "covidxray.about",
+            "covidxray.decision",
             "covidxray.ensemble",
             "covidxray.errors",
             "covidxray.metrics",
@@ -26,6 +27,7 @@ LAYERS = (
     ("imageio", ("covidxray.imageio",)),
     ("preprocess", ("covidxray.preprocess",)),
     ("models", ("covidxray.models",)),
+    ("segmentation", ("covidxray.segmentation",)),
     ("data", ("covidxray.data",)),
     ("bundle", ("covidxray.bundle",)),
     ("training", ("covidxray.training",)),

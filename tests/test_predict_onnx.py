@@ -61,7 +61,11 @@ def test_onnx_metadata_carries_preprocessing_classes_and_operating_point(exporte
     assert json.loads(meta["preprocessing"])["image_size"] == 64
     assert "histogram equalisation" in meta["preprocessing_description"]
     assert json.loads(meta["operating_point"])["threshold"] == 0.2
-    assert "p(covid) >= 0.2" in meta["decision_rule"]
+    assert (
+        json.loads(meta["operating_points"])["screening"]["threshold"] == 0.2
+        and meta["decision"] == "screening"
+    )
+    assert "p(covid) >= 0.2" in meta["decision_rule"] and "screening operating point" in meta["decision_rule"]
     assert meta["not_for_clinical_use"] == covidxray.NOT_FOR_CLINICAL_USE
     assert "guard" in json.loads(meta["covidxray.config"])
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -76,6 +80,9 @@ def test_operating_point_decides_the_label(exported, images, capsys):
     assert main(["predict", "--image", str(images[0]), "--model", str(exported / "model.onnx")]) == 0
     out = capsys.readouterr().out
     assert "decision: covid when p(covid) >= 0.2" in out and "operating point" in out
+    sign = ">=" if p["covid"] >= 0.2 else "<"
+    assert f"decided by: {pred.label}" in out and f"p(covid) = {p['covid']:.3f} {sign} threshold 0.200" in out
+    assert "(screening operating point, sensitivity>=0.95)" in out
 
 
 def test_onnx_backend_runs_without_importing_torch(exported, images):
@@ -103,4 +110,5 @@ def test_jsonl_batch_with_glob_and_onnx(exported, images, tmp_path, capsys):
     assert [Path(r["path"]).name for r in rows] == [p.name for p in images]
     assert all(abs(r["p_covid"] + r["p_normal"] + r["p_pneumonia"] - 1) < 1e-4 for r in rows)
     assert rows[0]["warnings"] == [] and rows[0]["error"] is None
+    assert all(r["decided_by"] == "screening" and r["threshold"] == 0.2 for r in rows)
     assert "5 images: 5 predicted" in capsys.readouterr().err

@@ -166,3 +166,51 @@ def test_evaluate_with_tta_and_an_ensemble_matches_the_predictor(tiny_bundle, tm
     ensemble_only = ["evaluate", "--model", str(run), "--model", str(run), "--manifest", str(manifest)]
     assert main(ensemble_only) == 2
     assert "needs --out" in capsys.readouterr().err
+
+
+def test_lungcrop_tta_ensemble_segments_once_and_decides_at_the_first_members_points(
+    tiny_bundle, data_root, tmp_path
+):
+    from covidxray.bundle import set_operating_points
+    from covidxray.segmentation.data import JSRT, mask_pairs
+    from covidxray.segmentation.segmenter import default_segmenter, default_segmenter_version
+
+    paths = [p.image for p in mask_pairs(data_root) if p.source == JSRT][:2]
+    lc = tmp_path / "lungcrop"
+    shutil.copytree(tiny_bundle, lc)
+    pre = read_config(lc).preprocessing
+    update_bundle(
+        lc,
+        preprocessing=Preprocessing(
+            image_size=pre.image_size, resize="lungcrop", lung_segmenter=default_segmenter_version()
+        ),
+    )
+    set_operating_points(lc, {"screening": {"class": "covid", "threshold": 0.0}}, "screening")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bundle, other)
+    set_operating_points(other, {"balanced": {"class": "covid", "threshold": 1.0}}, "balanced")
+
+    model = covidxray.load_model([lc, other], tta=3)
+    seg, calls = default_segmenter("onnx"), []
+    segment_many = seg.segment_many
+    seg.segment_many = lambda imgs, *a, **k: calls.append(len(imgs)) or segment_many(imgs, *a, **k)
+    model._segmenter = seg
+    preds = model.predict_batch(paths)
+    assert calls == [len(paths)]  # one mask per image, shared by the 3 views and both members
+    got = _probs(preds, model.classes)
+    for i, path in enumerate(paths):  # the views are made from each member's (cropped) canonical image
+        pixels, mask = load_image(path).pixels, segment_many([path])[0].mask
+        crop = model.members[0].preprocessing.canonical(pixels, mask)
+        assert crop.shape == model.members[1].preprocessing.canonical(pixels).shape
+        assert not np.array_equal(crop, model.members[1].preprocessing.canonical(pixels))  # really cropped
+        per_member = [
+            mean_over_views(m.backend.run(m.preprocessing.view_inputs(c[None], 3))[0], 3)[0]
+            for m, c in zip(
+                model.members, [crop, model.members[1].preprocessing.canonical(pixels)], strict=True
+            )
+        ]
+        np.testing.assert_allclose(got[i], np.mean(per_member, axis=0), atol=1e-6)
+    # the first member's points decide (threshold 0: always covid), not the second's (threshold 1)
+    assert [p.label for p in preds] == ["covid"] * len(paths)
+    assert all(p.decision["point"] == "screening" and p.covid_threshold == 0.0 for p in preds)
+    assert model.info()["decision"] == "screening" and preds[0].lungs is not None

@@ -86,6 +86,7 @@ def test_healthz_and_model_card(predictor, tmp_path):
     assert body["classes"] == CLASSES and body["architecture"] == "seed_cnn2" and body["version"] == version
     assert body["metrics"] == METRICS and body["data"] == DATA
     assert body["operating_point"] == OPERATING_POINT and "p(covid) >= 0.2" in body["decision_rule"]
+    assert body["decision"] == "screening" and body["operating_points"] == {"screening": OPERATING_POINT}
     assert "Not for screening" in body["intended_use"] and body["backend"] == "torch"
     assert body["notice"] == NOT_FOR_CLINICAL_USE
     assert body["limits"] == {
@@ -116,6 +117,12 @@ def test_predict_png_jpeg_dicom_with_audit_rows(predictor, tmp_path):
         assert p["label"] in CLASSES and set(p["probabilities"]) == set(CLASSES)
         assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
         assert p["preview_png"] is None and p["gradcam_png"] is None
+        d = p["decision"]  # which operating point decided, p(covid) beside its threshold
+        assert d["point"] == "screening" and d["threshold"] == 0.2 and d["class"] == "covid"
+        assert d["probability"] == pytest.approx(p["probabilities"]["covid"]) and d["met"] == (
+            d["probability"] >= 0.2
+        )
+        assert f"p(covid) = {d['probability']:.3f}" in d["explanation"]
         assert p["sha256"] == hashlib.sha256(data).hexdigest()
     # The API gives what the library gives, and the same pixels give the same result as PNG or DICOM.
     direct = predictor.predict(_png(pixels))

@@ -36,6 +36,12 @@ pytestmark = [
 ]
 
 
+OPERATING_POINTS = {
+    "screening": {"class": "covid", "threshold": 0.05, "rule": "sensitivity>=0.95"},
+    "balanced": {"class": "covid", "threshold": 0.5, "rule": "max min(sensitivity,specificity)"},
+}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,11 +58,18 @@ def _first_png(folder: Path) -> Path:
 @pytest.fixture()
 def served(tiny_bundle: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """``covidxray serve`` in a subprocess on a free port; yields (base URL, audit DB URL)."""
+    import shutil
+
     import httpx
 
+    from covidxray.bundle import set_operating_points
+
+    bundle = tmp_path / "bundle"  # with two operating points, the balanced one deciding
+    shutil.copytree(tiny_bundle, bundle)
+    set_operating_points(bundle, OPERATING_POINTS, "balanced")
     port = _free_port()
     audit = f"sqlite:///{tmp_path}/audit.sqlite"
-    cmd = [sys.executable, "-m", "covidxray.cli", "serve", "--model", str(tiny_bundle), "--port", str(port),
+    cmd = [sys.executable, "-m", "covidxray.cli", "serve", "--model", str(bundle), "--port", str(port),
            "--audit-db", audit, "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -87,9 +100,13 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
     covid = _first_png(data_root / "COVID-19_Radiography_Dataset" / "COVID")
     normal = _first_png(data_root / "COVID-19_Radiography_Dataset" / "Normal")
     answer = httpx.post(
-        f"{base}/api/v1/predict", files={"files": (covid.name, covid.read_bytes(), "image/png")}
+        f"{base}/api/v1/predict?explain=true", files={"files": (covid.name, covid.read_bytes(), "image/png")}
     )
-    expected = DISPLAY[answer.json()["predictions"][0]["label"]]
+    first = answer.json()["predictions"][0]
+    expected = DISPLAY[first["label"]]
+    assert first["decision"]["point"] == "balanced" and first["decision"]["threshold"] == 0.5
+    assert first["decision"]["probability"] == pytest.approx(first["probabilities"]["covid"])
+    share = first["gradcam_lung_share"]
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
@@ -103,6 +120,16 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
             page.goto(base)
             expect(page.locator("#notice")).to_contain_text("not be used for clinical diagnosis")
             expect(page.locator("#model-card")).to_contain_text("seed_cnn2")
+            # a readable card, not a key dump: sentences under plain headings
+            expect(page.locator("#model-card")).to_contain_text(
+                "Sorts a chest X-ray into COVID-19, Normal, Pneumonia."
+            )
+            expect(page.locator("#model-card")).to_contain_text(
+                "Outlined by the covidxray lung segmenter lung-unet@"
+            )
+            expect(page.locator("#model-card")).to_contain_text('Operating point "balanced"')
+            expect(page.locator("#model-card")).to_contain_text("this one decides")
+            assert "chosen_on" not in page.locator("#model-card").inner_text()
 
             # Keyboard only: Tab to the drop zone, press Enter, pick a real COVID-19 X-ray in the file chooser.
             for _ in range(5):
@@ -116,9 +143,29 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
             card = page.locator("article.result", has_text=covid.name)
             expect(card.locator(".prediction")).to_be_visible(timeout=30_000)
             expect(card.locator(".label")).to_contain_text(expected)
+            # why: the deciding point and p(covid) beside its threshold
+            p_covid = f"{100 * first['probabilities']['covid']:.1f}%"
+            expect(card.locator(".why")).to_contain_text(
+                f"{p_covid} {'≥' if first['decision']['met'] else '<'}"
+            )
+            expect(card.locator(".why")).to_contain_text("threshold 50.0% of the balanced operating point")
+            expect(page.locator("#model-card")).to_contain_text("Operating point balanced (decides)")
             expect(card.locator(".bar-row")).to_have_count(3)
             expect(card.locator(".card-notice")).to_be_visible()
             assert card.locator(".preview").evaluate("img => img.complete && img.naturalWidth") > 0
+            # lung outline on the X-ray (cyan pixels in the preview), the lung facts, the heatmap's in-lung share
+            expect(card.locator(".lungs")).to_contain_text("Lung fields: 2 regions covering")
+            expect(card.locator(".lung-share")).to_contain_text(
+                "of the heatmap lies inside the lung fields" if share is not None else "The heatmap is empty"
+            )  # the tiny random-weight model's Grad-CAM is flat; test_segmentation measures a real share
+            cyan = card.locator(".preview").evaluate(
+                """img => { const c = document.createElement("canvas"); c.width = img.naturalWidth;
+                   c.height = img.naturalHeight; const g = c.getContext("2d"); g.drawImage(img, 0, 0);
+                   const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+                   for (let i = 0; i < d.length; i += 4) if (d[i] < 40 && d[i + 1] > 200 && d[i + 2] > 200) n++;
+                   return n; }"""
+            )
+            assert cyan > 100
 
             # The Grad-CAM overlay replaces the X-ray when toggled (by keyboard), and is a decoded image.
             expect(card.locator(".heatmap")).to_be_hidden()

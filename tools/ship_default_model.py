@@ -215,7 +215,14 @@ def main() -> None:
     config = json.loads((bundle / "config.json").read_text())
     crossval = json.loads(args.crossval.read_text()) if args.crossval else None
     credits = format_credits(read_manifest(args.manifest))
-    (REPO / "MODEL_CARD.md").write_text(model_card(args.run, metrics, config, crossval, credits, facts))
+    card = model_card(args.run, metrics, config, crossval, credits, facts)
+    seg_config = REPO / "src" / "covidxray" / "default_segmenter" / "config.json"
+    if seg_config.is_file():  # the shipped lung segmenter's section (tools/ship_segmenter.py)
+        from ship_segmenter import replace_section, segmenter_section
+
+        onnx_bytes = (seg_config.parent / "model.onnx").stat().st_size
+        card = replace_section(card, segmenter_section(json.loads(seg_config.read_text()), onnx_bytes))
+    (REPO / "MODEL_CARD.md").write_text(card)
     size = sum((DEFAULT_DIR / n).stat().st_size for n in FILES)
     print(f"shipped {bundle} -> {DEFAULT_DIR} ({size / 1e6:.1f} MB); wrote {REPO / 'MODEL_CARD.md'}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.decision import OperatingPointError, read_operating_points, validate_operating_points
 from covidxray.preprocess import Preprocessing
 
 if TYPE_CHECKING:  # torch is imported where a network is built, so the ONNX path resolves models without it
@@ -55,7 +56,8 @@ class BundleConfig:
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    operating_point: dict[str, Any] | None = None
+    operating_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decision: str | None = None
     guard: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
@@ -64,6 +66,16 @@ class BundleConfig:
     def __post_init__(self) -> None:
         if not self.num_outputs:
             self.num_outputs = len(self.classes)
+
+    @property
+    def operating_point(self) -> dict[str, Any] | None:
+        """The deciding operating point (None: the label is the arg-max); see :mod:`covidxray.decision`."""
+        return self.operating_points.get(self.decision) if self.decision else None
+
+    @operating_point.setter
+    def operating_point(self, point: dict[str, Any] | None) -> None:
+        """Old single-point form: ``point`` becomes the only, deciding ``screening`` point (None clears)."""
+        self.operating_points, self.decision = read_operating_points({"operating_point": point})
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -99,7 +111,9 @@ class BundleConfig:
             "training": self.training,
             "data": self.data,
             "metrics": self.metrics,
-            "operating_point": self.operating_point,
+            "operating_points": self.operating_points,
+            "decision": self.decision,
+            "operating_point": self.operating_point,  # the deciding point, for readers before 'decision'
             "guard": self.guard,
             "versions": self.versions,
             "created": self.created,
@@ -134,12 +148,19 @@ class BundleConfig:
             "data",
             "metrics",
             "operating_point",
+            "operating_points",
+            "decision",
             "guard",
             "versions",
             "created",
             "intended_use",
             "not_for_clinical_use",
         }
+        points, decision = read_operating_points(d)
+        try:
+            validate_operating_points(points, decision, list(d["classes"]))
+        except OperatingPointError as exc:
+            raise BundleError(f"{source}: {exc}") from exc
         return cls(
             architecture=arch["name"],
             architecture_kwargs=dict(arch.get("kwargs", {})),
@@ -149,7 +170,8 @@ class BundleConfig:
             training=d.get("training", {}),
             data=d.get("data", {}),
             metrics=d.get("metrics", {}),
-            operating_point=d.get("operating_point"),
+            operating_points=points,
+            decision=decision,
             guard=d.get("guard"),
             versions=d.get("versions", {}),
             created=d.get("created", ""),
@@ -219,10 +241,28 @@ def read_config(path: str | Path) -> BundleConfig:
     return BundleConfig.from_dict(d, source=str(cfg_path))
 
 
-def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
-    """Rebuild a saved model (no pickle): architecture from ``config.json``, weights from safetensors."""
+def _read_weights(weights: Path, map_location: str) -> dict[str, Any]:
+    """The tensors of ``model.safetensors``; a zero-byte, truncated or foreign file is a :class:`BundleError`."""
     from safetensors.torch import load_file
 
+    size = weights.stat().st_size
+    if size == 0:
+        raise BundleError(
+            f"{weights}: weights file is empty (0 bytes); the copy did not complete. "
+            "Copy the bundle again or retrain it"
+        )
+    try:
+        return load_file(str(weights), device=map_location)
+    except Exception as exc:  # safetensors raises SafetensorError (not an OSError) for every malformed file
+        raise BundleError(
+            f"{weights}: not a readable safetensors weights file ({size:,} bytes; {type(exc).__name__}: {exc}). "
+            "The file is truncated or corrupt, or is not the one 'covidxray train' wrote: "
+            "copy the bundle again or retrain it"
+        ) from exc
+
+
+def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
+    """Rebuild a saved model (no pickle): architecture from ``config.json``, weights from safetensors."""
     p = Path(path)
     if p.is_file() and p.name in (CONFIG_FILE, WEIGHTS_FILE):
         p = p.parent
@@ -231,7 +271,7 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     if not weights.exists():
         raise BundleError(f"{p}: {WEIGHTS_FILE} is missing; the bundle is incomplete")
     model = build_network(config)
-    state = load_file(str(weights), device=map_location)
+    state = _read_weights(weights, map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise BundleError(
@@ -243,12 +283,34 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
 
 
 def update_bundle(path: str | Path, **changes: Any) -> BundleConfig:
-    """Change fields of a saved bundle's config (e.g. ``operating_point``, ``guard``, ``metrics``)."""
+    """Change fields of a saved bundle's config (e.g. ``operating_points``, ``guard``, ``metrics``)."""
     config = read_config(path)
     for k, v in changes.items():
         if not hasattr(config, k):
             raise AttributeError(f"BundleConfig has no field {k!r}")
         setattr(config, k, v)
+    write_config(path, config)
+    return config
+
+
+def set_operating_points(
+    path: str | Path, points: dict[str, dict[str, Any]], decision: str, keep_others: bool = False
+) -> BundleConfig:
+    """Store named operating points (e.g. from :func:`covidxray.evaluation.operating_point.choose_operating_points`)
+    in the bundle at ``path`` and name the one that ``decision``-s the label.
+
+    ``keep_others`` keeps stored points whose names are not in ``points``. Raises :class:`BundleError` when a
+    point has no threshold in [0, 1], names a class the model lacks, or ``decision`` names no point. A
+    ``model.onnx`` exported earlier keeps the old points in its metadata until it is exported again
+    (``covidxray export``).
+    """
+    config = read_config(path)
+    merged = {**config.operating_points, **points} if keep_others else dict(points)
+    try:
+        validate_operating_points(merged, decision, list(config.classes))
+    except OperatingPointError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    config.operating_points, config.decision = merged, decision
     write_config(path, config)
     return config
 

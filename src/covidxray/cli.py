@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
-from covidxray.errors import EXIT_USAGE, CLIError
+from covidxray.errors import EXIT_INTERRUPTED, EXIT_USAGE, CLIError
 
 # In data-flow order: sources -> manifest -> training -> evaluation -> prediction -> web -> the whole pipeline.
 COMMAND_MODULES = (
@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "covidxray.training.cli",
     "covidxray.evaluation.cli",
     "covidxray.prediction.cli",
+    "covidxray.prediction.recalibrate_cli",
+    "covidxray.prediction.segment_cli",
     "covidxray.web.cli",
     "covidxray.pipeline",
 )
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(
+        sys.argv[1:] if argv is None else argv
+    )  # e.g. to print the exact command that resumes a run
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return int(rc or 0)
 
 

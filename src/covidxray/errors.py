@@ -11,6 +11,8 @@ EXIT_USAGE = 2  # bad arguments (argparse)
 EXIT_INPUT = 3  # bad input file/folder: missing, empty, undecodable
 EXIT_REFUSED = 4  # input refused by the guard under --strict
 EXIT_MODEL = 5  # model bundle cannot be loaded
+EXIT_UNAVAILABLE = 6  # serve: port busy or not permitted, audit database or kept-uploads folder unusable
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 class CLIError(Exception):

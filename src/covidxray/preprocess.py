@@ -4,7 +4,9 @@ A decoded grayscale image (see :mod:`covidxray.imageio`) goes through two steps:
 
 1. :meth:`Preprocessing.canonical` -- geometry and intensity, deterministic, stored as uint8 in the cache:
    resize to ``image_size`` square, then an intensity normalisation that removes the collections' different
-   brightness/contrast habits (a known source shortcut).
+   brightness/contrast habits (a known source shortcut). ``resize="lungcrop"`` first crops the image to its lung
+   fields' bounding box plus ``lungcrop_margin``: the caller passes the lung mask (or a function computing it,
+   :func:`covidxray.segmentation.lung_mask_fn` -- the shipped segmenter's ONNX), so this module stays NumPy-only.
 2. :meth:`Preprocessing.to_input` -- uint8 -> float32 in [0, 1] (the seeds' ``rescale=1/255``), repeated to
    ``channels``. Mean/std normalisation happens *inside* the saved network, so a bundle or an ONNX file takes
    [0, 1] images and nothing else has to be remembered.
@@ -20,12 +22,17 @@ Only NumPy and Pillow are used here so the ONNX backend runs without torch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-RESIZE_MODES = ("squash", "pad", "crop")
+RESIZE_MODES = ("squash", "pad", "crop", "lungcrop")
+# A lung mask (bool (H, W), the image's size) or a function computing it from the grayscale float image.
+LungMask = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]  # noqa: UP007
+MIN_LUNG_BOX = 0.2  # a lung box narrower/shorter than this share of the image is not trusted: no crop
 INTENSITY_MODES = ("equalize", "percentile", "minmax", "none")
 CHANNELS = (1, 3)  # grey, or grey repeated for three-channel (ImageNet) backbones
 
@@ -95,6 +102,8 @@ class Preprocessing:
     percentiles: tuple[float, float] = (1.0, 99.0)  # for intensity == "percentile"
     mean: float = 0.5  # applied inside the network (see covidxray.models.wrapper)
     std: float = 0.25
+    lungcrop_margin: float = 0.1  # resize == "lungcrop": box widened by this share of its size on each side
+    lung_segmenter: str = ""  # resize == "lungcrop": version of the segmenter whose masks define the crop
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -105,6 +114,13 @@ class Preprocessing:
             raise ValueError(f"image_size must be between 16 and 2048, got {self.image_size}")
         if self.channels not in CHANNELS:
             raise ValueError(f"channels must be one of {CHANNELS}, got {self.channels}")
+        if not 0.0 <= float(self.lungcrop_margin) <= 0.5:
+            raise ValueError(f"lungcrop_margin must be between 0 and 0.5, got {self.lungcrop_margin}")
+
+    @property
+    def needs_lungs(self) -> bool:
+        """True when :meth:`canonical` needs the image's lung mask (``resize == "lungcrop"``)."""
+        return self.resize == "lungcrop"
 
     # -- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -122,25 +138,22 @@ class Preprocessing:
 
     def cache_key(self) -> dict:
         """The fields that change the cached uint8 image (mean/std/channels do not)."""
-        return {
-            k: v
-            for k, v in self.to_dict().items()
-            if k in ("image_size", "resize", "intensity", "percentiles")
-        }
+        keys = ["image_size", "resize", "intensity", "percentiles"]
+        if self.needs_lungs:
+            keys += ["lungcrop_margin", "lung_segmenter"]
+        return {k: v for k, v in self.to_dict().items() if k in keys}
 
     # -- step 1: geometry + intensity -> uint8 -------------------------------------------------------------
-    def canonical(self, pixels: np.ndarray) -> np.ndarray:
-        """Grayscale float image in [0, 1] (H, W) -> uint8 (S, S)."""
+    def canonical(self, pixels: np.ndarray, lung_mask: LungMask | None = None) -> np.ndarray:
+        """Grayscale float image in [0, 1] (H, W) -> uint8 (S, S).
+
+        ``lung_mask`` is needed for ``resize="lungcrop"`` only (ignored otherwise).
+        """
         if pixels.ndim != 2:
             raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
         s = int(self.image_size)
         img = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-        if self.resize == "squash":
-            img = img.resize((s, s), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        elif self.resize == "pad":
-            img = ImageOps.pad(img, (s, s), Image.Resampling.BILINEAR, color=0)
-        else:
-            img = ImageOps.fit(img, (s, s), Image.Resampling.BILINEAR)
+        img = self._fit(img, self.crop_box(pixels, lung_mask), Image.Resampling.BILINEAR)
         if self.intensity == "equalize":
             img = ImageOps.equalize(img)
             return np.asarray(img, dtype=np.uint8)
@@ -154,6 +167,38 @@ class Preprocessing:
         if hi <= lo:
             return np.zeros((s, s), dtype=np.uint8)
         return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+    def crop_box(self, pixels: np.ndarray, lung_mask: LungMask | None) -> tuple[int, int, int, int] | None:
+        """The lung crop (left, top, right, bottom) of ``resize="lungcrop"``; None otherwise or when the mask
+        gives no usable box (then the whole image is used)."""
+        if not self.needs_lungs:
+            return None
+        if lung_mask is None:
+            raise ValueError(
+                "resize='lungcrop' needs the image's lung mask: pass "
+                "lung_mask=covidxray.segmentation.lung_mask_fn(preprocessing)"
+            )
+        mask = lung_mask(pixels) if callable(lung_mask) else lung_mask
+        return lung_box(mask, self.lungcrop_margin)
+
+    def _fit(self, img: Image.Image, box: tuple[int, int, int, int] | None, resample) -> Image.Image:
+        s = int(self.image_size)
+        gap = 2.0 if resample != Image.Resampling.NEAREST else None
+        if self.needs_lungs:
+            return (img.crop(box) if box is not None else img).resize((s, s), resample, reducing_gap=gap)
+        if self.resize == "squash":
+            return img.resize((s, s), resample, reducing_gap=gap)
+        if self.resize == "pad":
+            return ImageOps.pad(img, (s, s), resample, color=0)
+        return ImageOps.fit(img, (s, s), resample)
+
+    def canonical_mask(self, mask: np.ndarray, lung_mask: LungMask | None = None) -> np.ndarray:
+        """A boolean mask of the image (H, W) in the canonical frame (S, S): the same geometry as
+        :meth:`canonical`, nearest neighbour (e.g. the lung fields, to measure where a heatmap falls)."""
+        m = np.asarray(mask, dtype=bool)
+        img = Image.fromarray(m.astype(np.uint8) * 255, mode="L")
+        box = self.crop_box(m.astype(np.float32), lung_mask if lung_mask is not None else m)
+        return np.asarray(self._fit(img, box, Image.Resampling.NEAREST)) > 127
 
     # -- step 2: uint8 -> float input -----------------------------------------------------------------------
     def to_input(self, canonical: np.ndarray) -> np.ndarray:
@@ -180,6 +225,26 @@ class Preprocessing:
                 out.append(np.power(x, gamma, dtype=np.float32) if gamma != 1.0 else x)
         return np.ascontiguousarray(np.stack(out)) if out else self.to_input(canonical)
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, pixels: np.ndarray, lung_mask: LungMask | None = None) -> np.ndarray:
         """Grayscale float image (H, W) -> model input float32 (C, S, S)."""
-        return self.to_input(self.canonical(pixels))
+        return self.to_input(self.canonical(pixels, lung_mask))
+
+
+def lung_box(mask: np.ndarray, margin: float = 0.1) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of a lung mask's pixels widened by ``margin`` x the box size on each side,
+    clipped to the image; None when the mask is empty or its box is implausibly small (no crop then)."""
+    m = np.asarray(mask, dtype=bool)
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return None
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    h, w = m.shape
+    if (bottom - top) < MIN_LUNG_BOX * h or (right - left) < MIN_LUNG_BOX * w:
+        return None
+    dy, dx = margin * (bottom - top), margin * (right - left)
+    return (
+        max(0, int(round(left - dx))),
+        max(0, int(round(top - dy))),
+        min(w, int(round(right + dx))),
+        min(h, int(round(bottom + dy))),
+    )

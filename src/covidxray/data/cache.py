@@ -21,6 +21,7 @@ import pandas as pd
 
 from covidxray.imageio import load_image
 from covidxray.preprocess import Preprocessing
+from covidxray.segmentation.segmenter import lung_mask_fn
 
 
 def cache_key(df: pd.DataFrame, preprocessing: Preprocessing) -> str:
@@ -48,7 +49,7 @@ def _image_paths(df: pd.DataFrame) -> list[Path]:
 
 
 def _canonical(path: Path, preprocessing: Preprocessing) -> np.ndarray:
-    return preprocessing.canonical(load_image(path).pixels)
+    return preprocessing.canonical(load_image(path).pixels, lung_mask_fn(preprocessing))
 
 
 def _decoded(paths: list[Path], preprocessing: Preprocessing, workers: int):

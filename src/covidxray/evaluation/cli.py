@@ -17,14 +17,18 @@ DEFAULT_CACHE_DIR = Path("runs/cache")
 
 
 # -- shared helpers ----------------------------------------------------------------------------------------------
-def resolve_bundle(path: str | Path) -> Path:
-    """The bundle folder meant by ``path`` (:func:`covidxray.bundle.resolve_model_path`), or exit code 5."""
+def resolve_bundle(path: str | Path | None) -> Path:
+    """The bundle folder meant by ``path`` (:func:`covidxray.bundle.resolve_model_path`; None: the shipped model),
+    or exit code 5."""
     from covidxray.bundle import ModelLoadError, resolve_model_path
 
     try:
         return resolve_model_path(path, "torch")
     except ModelLoadError as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
+
+
+DEFAULT_MODEL_EVALUATION_DIR = Path("runs/evaluation-default")
 
 
 def default_evaluation_dir(bundle: Path) -> Path:
@@ -67,6 +71,13 @@ def _add_evaluation_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="inference batch size (default: %(default)s)")
     p.add_argument("--no-probe", action="store_true", help="skip the source shortcut probe")
+    p.add_argument(
+        "--lung-attention",
+        type=int,
+        default=300,
+        metavar="N",
+        help="in-lung Grad-CAM share on a seeded sample of N evaluated images (0: skip; default: %(default)s)",
+    )
 
 
 def _options(args: argparse.Namespace, **overrides):
@@ -82,6 +93,7 @@ def _options(args: argparse.Namespace, **overrides):
         target_sensitivity=args.target_sensitivity,
         batch_size=args.batch_size,
         probe=not args.no_probe,
+        lung_attention=max(0, args.lung_attention),
         **overrides,
     )
 
@@ -124,18 +136,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
     from covidxray.evaluation.terminal_summary import summary_lines
 
-    bundles = [resolve_bundle(m) for m in args.model]
-    if len(bundles) > 1 and not args.out:
-        raise CLIError("an ensemble (--model given more than once) needs --out DIR for its evaluation", 2)
-    df = read_manifest_or_fail(args.manifest)
+    store = not args.no_store_operating_point
+    if args.model is None:  # the shipped model: evaluate it, never rewrite it
+        bundles = [resolve_bundle(None)]
+        default_out = DEFAULT_MODEL_EVALUATION_DIR
+        store = False
+    else:
+        bundles = [resolve_bundle(m) for m in args.model]
+        if len(bundles) > 1 and not args.out:
+            raise CLIError("an ensemble (--model given more than once) needs --out DIR for its evaluation", 2)
+        default_out = default_evaluation_dir(bundles[0])
     bundle = bundles[0]
-    default_out = default_evaluation_dir(bundle)
     if args.tta > 1:
         default_out = default_out.with_name(f"{default_out.name}-tta{args.tta}")
     out = Path(args.out) if args.out else default_out
-    options = _options(
-        args, split=args.split, store_operating_point=not args.no_store_operating_point, tta=args.tta
-    )
+    df = read_manifest_or_fail(args.manifest)
+    options = _options(args, split=args.split, store_operating_point=store, tta=args.tta)
     try:
         result = evaluate(
             bundles if len(bundles) > 1 else bundle,
@@ -343,10 +359,10 @@ def _register_evaluate(subparsers) -> None:
     )
     p.add_argument(
         "--model",
-        required=True,
+        default=None,
         action="append",
-        help="a run folder (with model/) or a bundle folder; give it twice or more to evaluate an ensemble "
-        "(mean probability; needs --out)",
+        help="a run folder (with model/) or a bundle folder (default: the shipped model, never modified); "
+        "give it twice or more to evaluate an ensemble (mean probability; needs --out)",
     )
     p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray data build)")
     p.add_argument(
@@ -356,7 +372,11 @@ def _register_evaluate(subparsers) -> None:
         help="rows to evaluate (default: %(default)s)",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: <run>/evaluation, or evaluation-ttaN)"
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: <run>/evaluation; runs/evaluation-default for the shipped model; "
+        "-ttaN appended with --tta N)",
     )
     add_tta_flag(p)
     p.add_argument(

@@ -87,6 +87,21 @@ def metric_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, An
         ("operating point sensitivity", [get(m, "operating_point", "test", "sensitivity") for m in ms]),
         ("operating point specificity", [get(m, "operating_point", "test", "specificity") for m in ms]),
     ]
+    rows.append(("Grad-CAM in lungs (share)", [_share(get(m, "lung_attention", "overall")) for m in ms]))
+    att_sources = list(
+        dict.fromkeys(s for m in ms for s in (m.get("lung_attention") or {}).get("per_source", {}))
+    )
+    rows += [
+        (f"Grad-CAM in lungs: {s}", [_share(get(m, "lung_attention", "per_source", s)) for m in ms])
+        for s in att_sources
+    ]
+    att_classes = list(
+        dict.fromkeys(c for m in ms for c in (m.get("lung_attention") or {}).get("per_class", {}))
+    )
+    rows += [
+        (f"Grad-CAM in lungs: {c}", [_share(get(m, "lung_attention", "per_class", c)) for m in ms])
+        for c in att_classes
+    ]
     probe = [get(m, "probe", "balanced_accuracy") for m in ms]
     rows.append(
         (
@@ -95,6 +110,13 @@ def metric_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, An
         )
     )
     return rows
+
+
+def _share(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An in-lung Grad-CAM summary as a metric cell (no interval)."""
+    if not entry or entry.get("in_lung_share") is None:
+        return None
+    return {"value": entry["in_lung_share"], "ci": None}
 
 
 def consistency_warnings(runs: list[dict[str, Any]]) -> list[str]:
@@ -113,7 +135,7 @@ HEADLINE_METRICS = ("accuracy", "macro ROC AUC", "covid ROC AUC", "operating poi
 HEADLINE_COLUMNS = [
     "model", "parameters", "image size", "training time", "inference images/s", "accuracy [95% CI]",
     "macro ROC AUC [95% CI]", "COVID ROC AUC [95% CI]", "COVID sensitivity at operating point [95% CI]",
-    "COVID specificity at operating point [95% CI]", "shortcut probe (chance)",
+    "COVID specificity at operating point [95% CI]", "shortcut probe (chance)", "Grad-CAM in lungs",
 ]  # fmt: skip
 
 
@@ -129,6 +151,7 @@ def headline_rows(result: dict[str, Any]) -> list[list[str]]:
             _duration(r["train_seconds"]), fmt(r["images_per_second"], digits=1),
             *(cell(by_label[m][i]) if m in by_label else "n/a" for m in HEADLINE_METRICS),
             cell(probe) + ("" if chance is None else f" ({fmt(chance)})"),
+            cell(by_label.get("Grad-CAM in lungs (share)", [None] * len(result["runs"]))[i]),
         ])  # fmt: skip
     return rows
 

@@ -60,6 +60,94 @@ def _arrays(df: pd.DataFrame, probs: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def points_kept(config: Any) -> str | None:
+    """Why ``evaluate`` must not replace the bundle's operating points (None: it may).
+
+    ``evaluate`` replaces only points it chose itself on a split (their ``chosen_on`` names one); points from
+    ``covidxray recalibrate`` or :func:`covidxray.bundle.set_operating_points` (e.g. chosen on pooled
+    leave-one-source-out predictions) are kept.
+    """
+    if "recalibration" in config.extra:
+        return "the bundle was re-tuned for a site by 'covidxray recalibrate'; its points are kept"
+    for name, point in config.operating_points.items():
+        chosen = point.get("chosen_on")
+        if not (isinstance(chosen, dict) and chosen.get("split")):
+            where = chosen.get("description") if isinstance(chosen, dict) else chosen
+            return f"the bundle's '{name}' point was chosen on {where or 'other data'}; its points are kept"
+    return None
+
+
+def operating_points_section(
+    config: Any,
+    classes: list[str],
+    test: dict[str, np.ndarray],
+    val: dict[str, np.ndarray] | None,
+    op: Any,
+    o: EvaluationOptions,
+) -> dict[str, Any]:
+    """Sensitivity / specificity (patient-bootstrap intervals) at every operating point on the evaluated rows.
+
+    With validation rows the points are chosen there (``chosen``: screening + balanced, to be stored); without
+    (or when ``val`` is None because the bundle's points must be kept, see :func:`points_kept`), the bundle's
+    stored points are applied, so another site's images are judged at the decision the model makes.
+    """
+    from covidxray.decision import SCREENING
+    from covidxray.evaluation.operating_point import apply_operating_points, choose_operating_points
+
+    stored, stored_decision = dict(config.operating_points), config.decision
+    out: dict[str, Any] = {}
+    if op is not None and val is not None:
+        k = classes.index(o.operating_class)
+        points = choose_operating_points(
+            np.asarray(val["labels"], dtype=str) == o.operating_class,
+            val["probs"][:, k],
+            val["patient_ids"],
+            cls=o.operating_class,
+            screening_sensitivity=o.target_sensitivity,
+            description=f"the '{o.val_split}' split",
+            n_resamples=o.n_resamples,
+            seed=o.seed,
+        )
+        for point in points.values():
+            point["chosen_on"]["split"] = o.val_split
+        out.update(source=f"chosen on the '{o.val_split}' split", chosen=points)
+        out["decision"] = stored_decision if stored_decision in points else SCREENING
+    elif stored:
+        points = stored
+        out.update(source="stored in the bundle", decision=stored_decision)
+    else:
+        return {
+            "reason": "the model stores no operating point and there are no validation rows to choose one on"
+        }
+    out["points"] = apply_operating_points(
+        points,
+        classes,
+        test["labels"],
+        test["probs"],
+        test["patient_ids"],
+        f"the '{o.split}' split",
+        o.n_resamples,
+        o.seed,
+    )
+    for name, applied in out["points"].items():
+        applied["chosen_on"] = points[name].get("chosen_on")
+        applied["decides"] = name == out["decision"]
+    return out
+
+
+class _Rows:
+    """Rows ``positions`` of a (memory-mapped) image array, indexable like an array without copying it all."""
+
+    def __init__(self, images: np.ndarray, positions: np.ndarray):
+        self.images, self.positions = images, np.asarray(positions)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, pick):
+        return np.stack([self.images[i] for i in self.positions[pick]])
+
+
 def evaluate(
     bundle_path: str | Path | list[str | Path],
     manifest_df: pd.DataFrame,
@@ -80,7 +168,7 @@ def evaluate(
     A list of bundle paths evaluates their ensemble (they must predict the same classes, else
     :class:`covidxray.ensemble.EnsembleError`); ``options.tta > 1`` averages over test-time views.
     """
-    from covidxray.bundle import load_bundle, update_bundle
+    from covidxray.bundle import load_bundle, set_operating_points
     from covidxray.ensemble import average_probabilities, class_columns
     from covidxray.evaluation.inference import InferenceResult, run_inference
     from covidxray.evaluation.metrics_report import evaluation_report
@@ -115,6 +203,17 @@ def evaluate(
         test_run.features if o.probe else None, o,
     )  # fmt: skip
     result["data"]["task"] = {"classes": classes, "left_out_labels": dropped}
+    if o.lung_attention and getattr(bundle.model.net, "gradcam_layer", ""):
+        from covidxray.evaluation.attention import lung_attention
+        from covidxray.evaluation.inference import manifest_images
+
+        p = bundle.config.preprocessing
+        images = manifest_images(manifest_df, p, cache_dir)
+        positions = manifest_df.index.get_indexer(test_df.index)
+        result["lung_attention"] = lung_attention(
+            bundle.model, p, _Rows(images, positions), test["probs"].argmax(axis=1), test["labels"],
+            test["sources"], classes, max_images=o.lung_attention, seed=o.seed,
+        )  # fmt: skip
     if dropped:
         left = ", ".join(f"{n} {label}" for label, n in dropped.items())
         result.setdefault("notes", []).append(
@@ -129,13 +228,18 @@ def evaluate(
         if len(val_df):
             val = _arrays(val_df, infer(val_df))
     section, op = operating_point_metrics(classes, test, val, o)
-    if op is not None and o.store_operating_point and not averaged:
-        update_bundle(bundle.path, operating_point=op.bundle_entry())
-        section["stored_in_bundle"] = str(bundle.path)
+    kept = points_kept(bundle.config)
+    ops = operating_points_section(bundle.config, classes, test, None if kept else val, op, o)
+    if kept:
+        ops["kept"] = kept
     elif op is not None and averaged:
-        section["not_stored"] = (
+        section["not_stored"] = ops["not_stored"] = (
             "chosen on averaged (TTA / ensemble) probabilities, which no single bundle gives"
         )
+    elif op is not None and o.store_operating_point:
+        set_operating_points(bundle.path, ops["chosen"], ops["decision"])
+        section["stored_in_bundle"] = ops["stored_in_bundle"] = str(bundle.path)
+    result["operating_points"] = ops
     result["operating_point"] = section
     result["model"] = {
         "bundle": str(Path(bundle.path).resolve()),

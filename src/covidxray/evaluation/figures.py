@@ -93,3 +93,26 @@ def reliability_png(bins: dict, ece: float | None, title: str) -> bytes:
     ax.set_title(f"{title} (ECE {label})", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     return _png(fig)
+
+
+def site_curve_png(rows: Sequence[dict], title: str) -> bytes:
+    """Sensitivity and specificity (median and 95 % range over draws) against the number of site images."""
+    fig = Figure(figsize=(5.0, 3.6))
+    ax = fig.add_subplot()
+    n = [r["n_images"] for r in rows]
+    for name, colour in (("sensitivity", "tab:red"), ("specificity", "tab:blue")):
+        med = [r[name]["median"] for r in rows]
+        ax.fill_between(
+            n, [r[name]["low"] for r in rows], [r[name]["high"] for r in rows], color=colour, alpha=0.2
+        )
+        ax.plot(n, med, marker="o", color=colour, label=f"{name} (median, 95 % range)")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(n, [str(v) for v in n])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("labelled site images used to choose the threshold")
+    ax.set_ylabel("on held-out site images")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _png(fig)

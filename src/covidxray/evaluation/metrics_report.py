@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from covidxray.evaluation.document import Figure, Report, fmt
-from covidxray.evaluation.figures import confusion_matrix_png, reliability_png, roc_curves_png
+from covidxray.evaluation.figures import confusion_matrix_png, reliability_png, roc_curves_png, site_curve_png
 from covidxray.evaluation.metrics import CLASS_METRICS
 from covidxray.evaluation.probe import EXPLANATION
 
@@ -88,6 +88,69 @@ def add_group(report: Report, g: dict[str, Any], name: str, level: int = 3) -> N
     )
 
 
+def add_operating_points(report: Report, ops: dict[str, Any] | None) -> None:
+    """Sensitivity / specificity at every operating point on the evaluated images; the deciding one marked."""
+    if not ops:
+        return
+    report.heading("Decision at each operating point", 2)
+    if "points" not in ops:
+        report.paragraph(f"No operating point: {ops.get('reason', 'not computed')}.")
+        return
+    report.paragraph(
+        f"Operating points {ops['source']}; the label is decided by '{ops['decision']}' (its class when its "
+        "probability >= threshold, otherwise the most probable other class). Sensitivity and specificity of "
+        "that rule on the evaluated images, with 95 % patient-bootstrap intervals."
+        + (f" Not re-chosen: {ops['kept']}." if ops.get("kept") else "")
+    )
+    rows = []
+    for name, r in ops["points"].items():
+        if "threshold" not in r:
+            rows.append([name, "", r.get("reason", "n/a"), "", "", "", ""])
+            continue
+        chosen = r.get("chosen_on") or {}
+        where = chosen.get("description") or chosen.get("split") or ""
+        if chosen.get("n_images") is not None:
+            where += f" ({chosen['n_images']} images)"
+        rows.append(
+            [
+                name + (" (decides)" if r.get("decides") else ""),
+                f"{r['threshold']:.4f}",
+                r.get("rule") or "",
+                where,
+                cell(r["sensitivity"]),
+                cell(r["specificity"]),
+                f"{r['n_positive']} / {r['n_images']}",
+            ]
+        )
+    report.table(
+        ["point", "threshold", "rule", "chosen on", "sensitivity", "specificity", "positive / images"], rows
+    )
+
+
+def add_site_curve(report: Report, curve: dict[str, Any] | None) -> None:
+    """How the re-tuned threshold's sensitivity / specificity vary with the number of site images."""
+    if not curve:
+        return
+    report.heading("How many site images are needed", 2)
+    report.paragraph(curve["description"])
+    report.table(
+        ["site images", "threshold (median, 95 % range)", "sensitivity", "specificity", "draws"],
+        [
+            [
+                r["n_images"],
+                f"{r['threshold']['median']:.4f} [{r['threshold']['low']:.4f}, {r['threshold']['high']:.4f}]",
+                f"{r['sensitivity']['median']:.3f} [{r['sensitivity']['low']:.3f}, {r['sensitivity']['high']:.3f}]",
+                f"{r['specificity']['median']:.3f} [{r['specificity']['low']:.3f}, {r['specificity']['high']:.3f}]",
+                r["draws"],
+            ]
+            for r in curve["rows"]
+        ],
+    )
+    if curve["rows"]:
+        png = site_curve_png(curve["rows"], f"re-tuned threshold ({curve['rule']}) vs number of site images")
+        report.figures([Figure("site_curve", png, "Sensitivity and specificity vs number of site images")])
+
+
 def add_operating_point(report: Report, op: dict[str, Any]) -> None:
     report.heading("Operating point", 2)
     if "threshold" not in op:
@@ -163,6 +226,46 @@ def add_probe(report: Report, probe: dict[str, Any] | None) -> None:
     report.paragraph(EXPLANATION)
 
 
+LUNG_ATTENTION_EXPLANATION = (
+    "Grad-CAM of the predicted class on the model input; the lung fields come from the shipped lung segmenter "
+    "run on that same input. 'in lungs' is the share of the heatmap's total inside the lung fields; 'lung area' "
+    "is the share of the input the lungs cover, i.e. what a heatmap spread evenly over the image would score. "
+    "A model that reads the lungs should score well above the lung area; one that reads text, markers, borders "
+    "or devices (source shortcuts, DeGrave et al. 2021) scores near or below it."
+)
+
+
+def add_lung_attention(report: Report, att: dict[str, Any] | None) -> None:
+    """The 'Where the model looks' section: in-lung Grad-CAM share overall, per source and per class."""
+    report.heading("Where the model looks: Grad-CAM inside the lung fields", 2)
+    if not att:
+        report.paragraph("Not measured (--lung-attention 0, or the architecture names no Grad-CAM layer).")
+        return
+    rows = []
+    for group, entries in (
+        ("all", {"all images": att["overall"]}),
+        ("source", att["per_source"]),
+        ("class", att["per_class"]),
+    ):
+        for name, m in entries.items():
+            label = name if group == "all" else f"{group}: {name}"
+            rows.append(
+                [
+                    label,
+                    m["n_images"],
+                    fmt(m.get("in_lung_share")),
+                    fmt(m.get("median")),
+                    fmt(m.get("lung_area")),
+                ]
+            )
+    report.table(["images", "n", "in lungs (mean)", "in lungs (median)", "lung area"], rows)
+    smp = att["sampled"]
+    report.paragraph(
+        f"{smp['n_images']} of {smp['of']} evaluated images (seeded sample, seed {smp['seed']}). "
+        + LUNG_ATTENTION_EXPLANATION
+    )
+
+
 def evaluation_report(result: dict[str, Any]) -> Report:
     data, model = result["data"], result.get("model", {})
     title = f"Evaluation of {model.get('architecture', 'a model')} on the '{data['split']}' split"
@@ -191,8 +294,13 @@ def evaluation_report(result: dict[str, Any]) -> Report:
     )
     report.heading("All sources", 2)
     add_group(report, result["overall"], "all sources")
-    add_operating_point(report, result.get("operating_point", {"reason": "not computed"}))
+    ops = result.get("operating_points") or {}
+    if "points" not in ops or "threshold" in result.get("operating_point", {}):
+        add_operating_point(report, result.get("operating_point", {"reason": "not computed"}))
+    add_operating_points(report, result.get("operating_points"))
+    add_site_curve(report, result.get("site_curve"))
     add_probe(report, result.get("probe"))
+    add_lung_attention(report, result.get("lung_attention"))
     report.heading("Per source", 2)
     report.paragraph(
         "The same metrics for each source separately. A metric that needs a class the source does not "

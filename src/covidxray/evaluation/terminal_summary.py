@@ -27,11 +27,14 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         _row("accuracy", cell(overall["accuracy"])),
         _row("macro AUC", cell(overall["macro"]["roc_auc"])),
         _row("ECE", cell(overall["ece"])),
-        _row("class", "ROC AUC", "sensitivity", "specificity"),
+        _row("class", "ROC AUC", "sensitivity (arg-max)", "specificity (arg-max)"),
     ]
     for cls, m in overall["per_class"].items():
         lines.append(_row(cls, cell(m["roc_auc"]), cell(m["sensitivity"]), cell(m["specificity"])))
-    lines.append(_operating_point_line(metrics.get("operating_point")))
+    ops = metrics.get("operating_points")
+    if not (ops and "points" in ops and "threshold" not in (metrics.get("operating_point") or {})):
+        lines.append(_operating_point_line(metrics.get("operating_point")))
+    lines += operating_points_lines(ops)
     lines.append(_probe_line(metrics.get("probe")))
     lines += [f"WARNING: {w}" for w in metrics.get("warnings", [])]
     report = metrics.get("report", {})
@@ -51,6 +54,27 @@ def _operating_point_line(op: dict[str, Any] | None) -> str:
         f"{op['target_sensitivity']:.2f} on {op['chosen_on']['split']}); on {test['split']}: sensitivity "
         f"{cell(test['sensitivity'])}, specificity {cell(test['specificity'])}"
     )
+
+
+def operating_points_lines(ops: dict[str, Any] | None) -> list[str]:
+    """One line per operating point: sensitivity and specificity at it, the deciding one marked."""
+    if not ops:
+        return []
+    if "points" not in ops:
+        return [f"operating points: none ({ops.get('reason', 'not computed')})"]
+    lines = [f"operating points ({ops['source']}; decision: {ops['decision']}):"]
+    if ops.get("kept"):
+        lines[0] += f" [{ops['kept']}]"
+    for name, r in ops["points"].items():
+        if "threshold" not in r:
+            lines.append(f"  {name}: {r.get('reason', 'n/a')}")
+            continue
+        mark = "  <- decides" if r.get("decides") else ""
+        lines.append(
+            f"  {name:<10} p >= {r['threshold']:.4f} ({r.get('rule') or 'stored'}): sensitivity "
+            f"{cell(r['sensitivity'])}, specificity {cell(r['specificity'])}{mark}"
+        )
+    return lines
 
 
 def _probe_line(probe: dict[str, Any] | None) -> str:

@@ -6,11 +6,13 @@ imports neither torch nor onnxruntime.
 
 How the label is decided
 ------------------------
-Without an operating point the label is the most probable class. When the bundle stores an operating point
-(``{"class": "covid", "threshold": t, ...}``, chosen on validation data by ``covidxray evaluate`` for a target
-sensitivity), the label is that class whenever its probability is ``>= t``; otherwise it is the most probable of
-the *other* classes. ``Prediction.covid_threshold`` then holds ``t`` (None when the plain argmax was used). The
-probabilities themselves are never changed.
+Without an operating point the label is the most probable class. A bundle stores named operating points
+(``screening``, ``balanced``, maybe ``site``) and ``decision``, the name of the one that gives the label: that
+point's class whenever its probability is ``>= t``, otherwise the most probable of the *other* classes. The rule
+and the operating-point data model live in :mod:`covidxray.decision` (a leaf: the bundle validates points with
+it); the predictor applies :func:`~covidxray.decision.decide` with a backend's points, :func:`decision_rule`
+says it in words for a config. The probabilities themselves
+are never changed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from covidxray.bundle import BACKENDS, ModelLoadError
+from covidxray.decision import Decision, decide, read_operating_points, rule_in_words
 
-__all__ = ["BACKENDS", "Backend", "ModelLoadError", "decide_label", "decision_rule", "weights_version"]
+__all__ = ["BACKENDS", "Backend", "Decision", "ModelLoadError", "decide", "decision_rule", "weights_version"]
 
 
 class Backend(Protocol):
@@ -37,31 +40,10 @@ class Backend(Protocol):
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
-def decide_label(
-    probabilities: np.ndarray, classes: list[str], operating_point: dict[str, Any] | None
-) -> tuple[str, float | None]:
-    """The label of one probability vector and the operating-point threshold used (None for argmax)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    if operating_point and operating_point.get("threshold") is not None:
-        cls = operating_point.get("class", "covid")
-        if cls in classes:
-            k = classes.index(cls)
-            t = float(operating_point["threshold"])
-            if p[k] >= t:
-                return cls, t
-            others = p.copy()
-            others[k] = -np.inf
-            return classes[int(np.argmax(others))], t
-    return classes[int(np.argmax(p))], None
-
-
-def decision_rule(classes: list[str], operating_point: dict[str, Any] | None) -> str:
-    """:func:`decide_label` in words."""
-    op = operating_point
-    if op and op.get("threshold") is not None and op.get("class", "covid") in classes:
-        cls = op.get("class", "covid")
-        return f"{cls} when p({cls}) >= {float(op['threshold']):.4g}, otherwise the most probable other class"
-    return "the most probable class"
+def decision_rule(config: dict[str, Any]) -> str:
+    """How a model's label follows from its probabilities, naming the deciding operating point."""
+    points, decision = read_operating_points(config)
+    return rule_in_words(list(config["classes"]), points, decision)
 
 
 def weights_version(architecture: str, weights: Path) -> str:

@@ -4,9 +4,12 @@ Only argparse and the bundle's facts are imported here: handlers import the pred
 the torch backend, so ``covidxray predict --backend onnx`` starts without torch (and without pandas).
 
 Exit codes of ``predict`` (see :mod:`covidxray.errors`): 0 predicted; 3 bad input (missing file or folder, empty
-folder, unreadable/empty/truncated/too small image, undecodable DICOM -- and, for ``--images``, when not one
-image could be read); 4 refused by the input guard under ``--strict`` (single image); 5 the model cannot be
-found or loaded; 2 bad arguments. In a batch, bad images are rows with an ``error`` and do not change the code.
+folder, unreadable/empty/truncated/too small/too large image, undecodable DICOM -- and, for ``--images``, when
+not one image could be read); 4 refused by the input guard under ``--strict`` (single image); 5 the model cannot
+be found or loaded; 2 bad arguments, including an ``--out`` that cannot be written (a folder, a read-only place)
+or already exists without ``--resume``/``--overwrite`` -- all checked before the model loads; 130 interrupted
+(Ctrl-C) after writing a valid partial file and printing the command that resumes it. In a batch, bad images
+are rows with an ``error`` and do not change the code.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="with --images: write rows to FILE (.csv or .jsonl; default: CSV on stdout)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --out: append to FILE, skipping images whose path is already in it (after an interruption)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="with --out: replace an existing FILE")
     p.add_argument("--json", action="store_true", help="with --image: print the result as JSON")
     p.add_argument(
         "--explain",
@@ -103,9 +112,43 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CLIError("--json goes with --image; for --images write --out preds.jsonl", EXIT_USAGE)
     if args.explain and args.backend == "onnx":
         raise CLIError("--explain (Grad-CAM) needs the torch backend: drop --backend onnx", EXIT_USAGE)
+    if (args.resume or args.overwrite) and not args.out:
+        raise CLIError("--resume and --overwrite go with --out FILE", EXIT_USAGE)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues FILE, --overwrite replaces it: pass one of them", EXIT_USAGE)
+    _check_outputs(args)
     if args.images:
         return _predict_many(args)
     return _predict_one(args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before the model loads: --out and --explain must be writable places (missing parent folders are made)."""
+    from covidxray.errors import EXIT_USAGE, CLIError
+    from covidxray.prediction.batch import OutputError, prepare_output
+
+    try:
+        if args.out:
+            prepare_output(args.out, append=args.resume or args.overwrite)
+        if args.explain:
+            if args.explain.exists() and not args.explain.is_dir():
+                raise OutputError(f"{args.explain}: --explain needs a folder, and this is a file")
+            try:
+                args.explain.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{args.explain}: cannot create this folder ({exc.strerror})") from exc
+    except OutputError as exc:
+        raise CLIError(str(exc), EXIT_USAGE) from exc
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run: the one given, with --resume (and without --overwrite)."""
+    import shlex
+
+    argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--overwrite"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["covidxray", *argv])
 
 
 def _predict_one(args: argparse.Namespace) -> int:
@@ -148,16 +191,9 @@ def _report_lines(pred, predictor) -> list[str]:
         lines.append(f"label: {pred.label}")
         width = max(len(c) for c in pred.probabilities)
         lines += [f"  p({c}){' ' * (width - len(c))} = {p:.4f}" for c, p in pred.probabilities.items()]
-        op = predictor.operating_point
-        note = ""
-        if pred.covid_threshold is not None and op:
-            chosen = op.get("chosen_on")
-            where = chosen.get("split") if isinstance(chosen, dict) else chosen
-            note = " (the model's operating point"
-            if op.get("target_sensitivity") is not None:
-                note += f": sensitivity {float(op['target_sensitivity']):.2f} on the {where or 'validation'} split"
-            note += ")"
-        lines.append(f"decision: {predictor.decision_rule()}{note}")
+        if pred.decision:
+            lines.append(f"decided by: {pred.decision['explanation']}")
+        lines.append(f"decision: {predictor.decision_rule()}")
     else:
         lines.append("label: none")
     lines += [f"warning: {w}" for w in pred.warnings]
@@ -170,39 +206,74 @@ def _report_lines(pred, predictor) -> list[str]:
 
 def _predict_many(args: argparse.Namespace) -> int:
     from covidxray.about import NOT_FOR_CLINICAL_USE
-    from covidxray.errors import EXIT_INPUT, CLIError
+    from covidxray.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE, CLIError
     from covidxray.imageio import ImageLoadError
-    from covidxray.prediction.batch import BatchSummary, RowWriter, find_images, stream_rows
+    from covidxray.prediction.batch import (
+        BatchSummary,
+        OutputError,
+        RowWriter,
+        read_done,
+        scan_images,
+        stream_rows,
+    )
 
     try:
-        paths = find_images(args.images)
+        scan = scan_images(args.images)
     except ImageLoadError as exc:
         raise CLIError(str(exc), EXIT_INPUT) from exc
     predictor = _load(args)
     out = args.out
-    stream = open(out, "w", newline="", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
+    jsonl = bool(out and out.suffix.lower() == ".jsonl")
+    paths = scan.paths
+    done: set[str] = set()
+    if out and args.resume:
+        try:
+            done = read_done(out, predictor.classes, jsonl)
+        except OutputError as exc:
+            raise CLIError(str(exc), EXIT_USAGE) from exc
+        paths = [p for p in paths if p not in done]
+    append = bool(out and args.resume and out.exists() and out.stat().st_size > 0)
+    stream = open(out, "a" if append else "w", newline="", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
     summary = BatchSummary()
     explained: set[str] = set()
+    interrupted = False
     try:
-        writer = RowWriter(stream, predictor.classes, jsonl=bool(out and out.suffix.lower() == ".jsonl"))
+        # a file is flushed row by row: an interrupted or killed run loses at most the row being written
+        writer = RowWriter(
+            stream, predictor.classes, jsonl=jsonl, header=not append, flush_every=1 if out else 256
+        )
         preds = stream_rows(predictor.iter_predict(paths, batch_size=args.batch_size), writer, summary)
         for pred in _progress(preds, len(paths), disable=args.no_progress):
             if args.explain and pred.ok:
                 _write_explanation(predictor, pred.path, args.explain, explained)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if out:
             stream.close()
         else:
             stream.flush()
     lines = summary.lines()
+    if done:
+        lines.append(f"{len(scan.paths) - len(paths)} images already in {out} were skipped (--resume)")
+    lines += scan.lines()
     lines.append(f"decision: {predictor.decision_rule()}")
     lines.append(f"model: {predictor.version} ({predictor.backend.name})")
     if predictor.options:
         lines.append(f"averaged: {predictor.options}")
     if out:
-        lines.append(f"wrote {summary.total} rows to {out}")
+        lines.append(f"wrote {summary.total} rows to {out}" + (" (appended)" if append else ""))
+    if interrupted:
+        left = len(paths) - summary.total
+        lines.append(f"interrupted: {summary.total} of {len(paths)} images done, {left} left")
+        if out:
+            lines.append(f"resume with: {_resume_command(args)}")
+        else:
+            lines.append("to be able to resume, write to a file: --out preds.csv, then --resume")
     print("\n".join([*lines, NOT_FOR_CLINICAL_USE]), file=sys.stderr)
-    if summary.predicted == 0 and summary.refused == 0:
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if summary.predicted == 0 and summary.refused == 0 and (summary.total or not done):
         raise CLIError(f"none of the {summary.total} images could be read", EXIT_INPUT)
     return 0
 

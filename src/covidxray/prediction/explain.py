@@ -17,27 +17,17 @@ import numpy as np
 import torch
 from monai.visualize import GradCAM
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
 
 from covidxray.about import NOT_FOR_CLINICAL_USE
+from covidxray.evaluation.attention import class_scores, in_lung_share
 from covidxray.imageio import LoadedImage
 from covidxray.models.base import XRayNet
 from covidxray.preprocess import Preprocessing
+from covidxray.segmentation.masks import draw_outline
+from covidxray.segmentation.overlay import OUTLINE_COLOR
 
 OVERLAY_SIDE = 512
 ALPHA = 0.6  # heatmap opacity where the heat is highest; cool regions let the X-ray show through
-
-
-class _ClassScores(nn.Module):
-    """One score per class: a single sigmoid logit z becomes [-z, z], so either class can be explained."""
-
-    def __init__(self, model: XRayNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        return torch.cat([-logits, logits], dim=1) if logits.shape[1] == 1 else logits
 
 
 def jet(heat: np.ndarray) -> np.ndarray:
@@ -60,24 +50,39 @@ class GradCamExplainer:
         net = copy.deepcopy(model).eval()
         for prm in net.parameters():
             prm.requires_grad_(True)
-        self.scores = _ClassScores(net)
+        self.scores = class_scores(net)
         self.cam = GradCAM(nn_module=self.scores, target_layers=f"model.net.{layer}")
         self.preprocessing = preprocessing
         self.classes = classes
 
-    def heatmap(self, image: LoadedImage, label: str) -> np.ndarray:
-        """Grad-CAM of class ``label`` on the model input: float (S, S) in [0, 1]."""
-        x = torch.from_numpy(self.preprocessing(image.pixels)[None])
+    def heatmap(self, image: LoadedImage, label: str, lung_mask: np.ndarray | None = None) -> np.ndarray:
+        """Grad-CAM of class ``label`` on the model input: float (S, S) in [0, 1]. ``lung_mask`` (bool, the
+        image's size) is needed by ``resize: lungcrop`` models."""
+        x = torch.from_numpy(self.preprocessing(image.pixels, lung_mask)[None])
         with torch.enable_grad():
             cam = self.cam(x, class_idx=self.classes.index(label))
         heat = cam[0, 0].detach().float().numpy()
         return np.nan_to_num(heat, nan=0.0)
 
-    def overlay_png(self, image: LoadedImage, label: str, probability: float) -> bytes:
-        """The image with the heatmap of ``label`` and a caption, as PNG bytes."""
-        heat = self.heatmap(image, label)
+    def lung_share(self, heat: np.ndarray, image: LoadedImage, lung_mask: np.ndarray) -> float:
+        """Share of the heatmap's energy inside the lung fields (both in the model-input frame)."""
+        return in_lung_share(heat, self.preprocessing.canonical_mask(lung_mask, lung_mask))
+
+    def overlay_png(
+        self, image: LoadedImage, label: str, probability: float, lung_mask: np.ndarray | None = None
+    ) -> bytes:
+        """The image with the heatmap of ``label``, the lung outline (when ``lung_mask`` is given: bool, the
+        image's size) and a caption with the heatmap's in-lung share, as PNG bytes."""
+        return self.overlay(image, label, probability, lung_mask)[0]
+
+    def overlay(
+        self, image: LoadedImage, label: str, probability: float, lung_mask: np.ndarray | None = None
+    ) -> tuple[bytes, float | None]:
+        """:meth:`overlay_png` and the heatmap's in-lung share (None without a lung mask)."""
+        heat = self.heatmap(image, label, lung_mask)
+        share = self.lung_share(heat, image, lung_mask) if lung_mask is not None else None
         view = dataclasses.replace(self.preprocessing, image_size=OVERLAY_SIDE, intensity="none")
-        base = view.canonical(image.pixels).astype(np.float32)[..., None].repeat(3, axis=2)
+        base = view.canonical(image.pixels, lung_mask).astype(np.float32)[..., None].repeat(3, axis=2)
         heat_big = (
             np.asarray(
                 Image.fromarray((heat * 255).astype(np.uint8)).resize(
@@ -89,17 +94,25 @@ class GradCamExplainer:
         )
         alpha = ALPHA * heat_big[..., None]
         blended = (1 - alpha) * base + alpha * jet(heat_big).astype(np.float32)
-        picture = Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
-        return _with_caption(picture, label, probability)
+        rgb = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+        if lung_mask is not None:
+            rgb = draw_outline(rgb, view.canonical_mask(lung_mask, lung_mask), OUTLINE_COLOR)
+        return _with_caption(Image.fromarray(rgb, mode="RGB"), label, probability, share), share
 
 
-def _with_caption(picture: Image.Image, label: str, probability: float) -> bytes:
+def _with_caption(
+    picture: Image.Image, label: str, probability: float, lung_share: float | None = None
+) -> bytes:
     font = ImageFont.load_default(size=16)
     small = ImageFont.load_default(size=12)
     lines = [
         (f"Predicted: {label}  (p = {probability:.2f})", font, (255, 255, 255)),
         ("Grad-CAM: red = image regions that raised this class's score", small, (200, 200, 200)),
     ]
+    if lung_share is not None and np.isfinite(lung_share):
+        lines.append(
+            (f"{lung_share:.0%} of the heatmap inside the lung fields (cyan outline)", small, (0, 229, 255))
+        )
     lines += [(t, small, (255, 200, 80)) for t in textwrap.wrap(NOT_FOR_CLINICAL_USE, 72)]
     height = 10 + sum(22 if f is font else 16 for _, f, _ in lines)
     canvas = Image.new("RGB", (picture.width, picture.height + height), (0, 0, 0))

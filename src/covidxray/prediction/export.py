@@ -4,7 +4,8 @@ The graph takes ``image``: float32 (N, C, S, S) in [0, 1] (after :class:`covidxr
 mean/std normalisation is inside) with a dynamic batch dimension, and returns ``probabilities`` (N, K) in the
 order of ``classes`` and ``features`` (N, F), the penultimate vector the input guard measures. The metadata
 carries everything needed to use the file without covidxray: the classes, the preprocessing (as data and in
-words), the operating point and decision rule, the intended use and the not-for-clinical-use line, and the whole
+words), the operating points (``operating_points`` JSON, ``decision`` = the name of the deciding one,
+``operating_point`` = that point) and the decision rule in words, the intended use and the not-for-clinical-use line, and the whole
 bundle config under ``covidxray.config``. Uses the ``torch.export``-based exporter (``dynamo=True``), falling
 back to the TorchScript exporter for networks it cannot handle.
 """
@@ -24,6 +25,7 @@ from torch import nn
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle
+from covidxray.decision import read_operating_points
 from covidxray.models.base import XRayNet
 from covidxray.prediction.backend import ModelLoadError, decision_rule, weights_version
 from covidxray.prediction.onnx_backend import CONFIG_KEY, INPUT_NAME, OUTPUTS, VERSION_KEY, make_session
@@ -50,6 +52,9 @@ def describe_preprocessing(p: Preprocessing) -> str:
         "squash": f"resize to {p.image_size}x{p.image_size} ignoring the aspect ratio (bilinear)",
         "pad": f"pad to a square with black, then resize to {p.image_size}x{p.image_size} (bilinear)",
         "crop": f"centre-crop to a square, then resize to {p.image_size}x{p.image_size} (bilinear)",
+        "lungcrop": f"crop to the lung fields' bounding box (covidxray lung segmenter {p.lung_segmenter or '?'}, "
+        f"its ONNX in the covidxray package) widened by {p.lungcrop_margin:g} of its size on each side, then "
+        f"resize to {p.image_size}x{p.image_size} (bilinear)",
     }[p.resize]
     intensity = {
         "equalize": "histogram equalisation (PIL ImageOps.equalize) on the 8-bit image",
@@ -67,7 +72,8 @@ def describe_preprocessing(p: Preprocessing) -> str:
 def onnx_metadata(config: dict[str, Any], version: str) -> dict[str, str]:
     """The ``metadata_props`` written into the ONNX file."""
     p = Preprocessing.from_dict(config["preprocessing"])
-    op = config.get("operating_point")
+    points, decision = read_operating_points(config)
+    op = points.get(decision) if decision else None
     return {
         CONFIG_KEY: json.dumps(config, default=str),
         VERSION_KEY: version,
@@ -78,7 +84,9 @@ def onnx_metadata(config: dict[str, Any], version: str) -> dict[str, str]:
         "outputs": "probabilities: float32 (N, K) in the order of 'classes'; "
         "features: float32 (N, F) penultimate features (covidxray input guard)",
         "operating_point": json.dumps(op, default=str),
-        "decision_rule": decision_rule(list(config["classes"]), op),
+        "operating_points": json.dumps(points, default=str),
+        "decision": str(decision or ""),
+        "decision_rule": decision_rule(config),
         "intended_use": str(config.get("intended_use", "")),
         "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
         "covidxray_version": __version__,

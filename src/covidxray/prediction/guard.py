@@ -12,6 +12,10 @@ Two kinds of evidence, each giving a plain-language warning (a string) when it f
    held-out training images. :func:`fit_guard` fits it and stores it in the bundle's ``guard`` field
    (:func:`fit_guard_on_split` from a manifest split).
 
+3. **Lung fields** (:class:`covidxray.segmentation.LungFacts` from the shipped lung segmenter): a frontal chest
+   X-ray shows two lung fields of plausible area and left/right balance; lateral views, other body parts and
+   non-X-rays mostly do not ("no plausible lung fields", measured in BENCHMARKS.md).
+
 Warnings never change the prediction; ``--strict`` (or ``Predictor(strict=True)``) refuses flagged inputs.
 Only NumPy and Pillow are used, so the ONNX backend runs the same guard without torch.
 """
@@ -28,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from covidxray.imageio import LoadedImage
+from covidxray.segmentation.masks import LungFacts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -246,8 +251,12 @@ class InputGuard:
     def needs_features(self) -> bool:
         return self.distance is not None
 
-    def check(self, image: LoadedImage, features: np.ndarray | None = None) -> list[str]:
+    def check(
+        self, image: LoadedImage, features: np.ndarray | None = None, lungs: LungFacts | None = None
+    ) -> list[str]:
         out = stats_warnings(image_stats(image), self.limits)
+        if lungs is not None and not lungs.plausible:
+            out.append(lung_warning(lungs))
         if self.distance is not None and features is not None:
             d = self.distance.distance(features)
             if d > self.distance.threshold:
@@ -257,6 +266,14 @@ class InputGuard:
                     "chest X-ray, or comes from a source the model has not seen"
                 )
         return out
+
+
+def lung_warning(lungs: LungFacts) -> str:
+    """The "no plausible lung fields" warning, with the numbers behind it."""
+    return (
+        f"no plausible lung fields: {lungs.describe()}; it may not be a frontal chest X-ray "
+        "(lateral view, another body part, not an X-ray)"
+    )
 
 
 def guard_config(distance: FeatureDistance | None, limits: dict[str, float] | None = None) -> dict[str, Any]:

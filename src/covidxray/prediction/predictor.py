@@ -7,7 +7,14 @@ operating point, input guard):
 * ``"onnx"``: ``model.onnx`` written by ``covidxray export`` (facts in its metadata), through ONNX Runtime,
   without importing torch.
 
-The label follows the decision rule of :mod:`covidxray.prediction.backend`.
+How the label is decided
+------------------------
+Without an operating point the label is the most probable class. A bundle stores named operating points
+(``screening``, ``balanced``, maybe ``site``; see :mod:`covidxray.decision`) and the name of the one that decides:
+the label is that point's class whenever its probability is ``>= t``; otherwise it is the most probable of the
+*other* classes. ``Prediction.decision`` says which point decided, its threshold, the probability compared with it
+and why in words; ``Prediction.covid_threshold`` holds ``t`` (None when the plain argmax was used). The
+probabilities themselves are never changed. The rule itself lives in :mod:`covidxray.decision`.
 
 Two options trade time for steadier probabilities (their cost and effect: ``benchmarks/bench_tta.py``):
 
@@ -16,8 +23,11 @@ Two options trade time for steadier probabilities (their cost and effect: ``benc
   :class:`~covidxray.preprocess.Preprocessing`; about N times the model's cost;
 * an ensemble (``load_predictor([a, b, ...])``): the mean probability of several bundles that predict the same
   classes (:mod:`covidxray.ensemble`), each preprocessing with its own definition. The first member's operating
-  point decides (``operating_point_from`` picks another), and the first member's features feed the input guard
-  and its network draws the Grad-CAM.
+  points and decision decide (``operating_point_from`` picks another member), its features feed the input
+  guard and its network draws the Grad-CAM.
+
+For ``lungcrop`` models the lung mask is computed once per image; the TTA views are made from the cropped
+canonical image, and every view and member goes through the same decision (:meth:`Predictor.decide`).
 """
 
 from __future__ import annotations
@@ -31,17 +41,23 @@ import numpy as np
 
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.bundle import ModelLoadError, resolve_model_path
+from covidxray.decision import read_operating_points, rule_in_words
 from covidxray.ensemble import EnsembleError, average_probabilities, class_columns
 from covidxray.imageio import ImageLoadError, LoadedImage
-from covidxray.prediction.backend import Backend, decide_label, decision_rule
+from covidxray.prediction.backend import Backend, Decision, decide
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
 from covidxray.preprocess import Preprocessing, mean_over_views, tta_views
+from covidxray.segmentation.segmenter import default_segmenter_facts
 
 DEFAULT_BATCH_SIZE = 32
 
 
-__all__ = ["ModelLoadError", "Prediction", "Predictor", "load_predictor"]
+__all__ = ["Explanation", "ModelLoadError", "Prediction", "Predictor", "load_predictor"]
+
+
+def _cannot_use(name: str | None, exc: Exception) -> str:
+    return f"{name or '<image>'}: cannot be used: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -60,6 +76,10 @@ class Prediction:
     error: str | None = None
     error_reason: str | None = None
     covid_threshold: float | None = None
+    decision: dict[str, Any] | None = (
+        None  # Decision.to_dict(): point, class, threshold, probability, explanation
+    )
+    lungs: dict[str, Any] | None = None  # lung-field facts: area_fraction, components, balance, quality
 
     @property
     def ok(self) -> bool:
@@ -67,6 +87,15 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A Grad-CAM explanation: the overlay PNG, the class it explains, the heatmap's share inside the lungs."""
+
+    png: bytes
+    label: str
+    lung_share: float | None
 
 
 @dataclass(frozen=True)
@@ -83,9 +112,11 @@ class Predictor:
     """A loaded model ready to predict; build it with :func:`load_predictor` (or ``covidxray.load_model``).
 
     ``backend`` is one backend or a sequence of them (an ensemble: probabilities averaged; the first member's
-    classes, guard and features lead; ``operating_point_from`` is the member whose stored operating point
-    decides). ``tta`` is the number of test-time views averaged (1 or None: none). ``strict=True`` refuses images
-    the input guard flags (their ``error_reason`` is ``"refused"``).
+    classes, guard and features lead; ``operating_point_from`` is the member whose stored operating points and
+    decision decide). ``tta`` is the number of test-time views averaged (1 or None: none). ``strict=True`` refuses
+    images the input guard flags (their ``error_reason`` is ``"refused"``). ``lung_check=True`` segments the lung
+    fields (shipped segmenter, ONNX) for the guard's lung-field check; models with ``resize: lungcrop`` always
+    segment, to crop (once per image, shared by the TTA views and the ensemble's members).
     """
 
     def __init__(
@@ -94,6 +125,7 @@ class Predictor:
         strict: bool = False,
         tta: int | None = None,
         operating_point_from: int = 0,
+        lung_check: bool = True,
     ):
         backends = list(backend) if isinstance(backend, list | tuple) else [backend]
         if not backends:
@@ -114,13 +146,16 @@ class Predictor:
             raise EnsembleError(
                 f"operating_point_from={operating_point_from}: the ensemble has {len(backends)} model(s)"
             )
-        self.operating_point: dict[str, Any] | None = backends[operating_point_from].config.get(
-            "operating_point"
-        )
+        self.operating_points, self.decision = read_operating_points(backends[operating_point_from].config)
+        self.operating_point: dict[str, Any] | None = (
+            self.operating_points.get(self.decision) if self.decision else None
+        )  # the deciding point
         self.operating_point_from = operating_point_from
         self.tta_views = tta_views(1 if tta is None else tta)
         self.guard = InputGuard.from_config(self.config.get("guard"))
         self.strict = strict
+        self.lung_check = lung_check
+        self._segmenter = None
         self._explainer = None
 
     @property
@@ -178,36 +213,58 @@ class Predictor:
     def _predict_chunk(self, items: list[ImageInput]) -> list[Prediction]:
         results: list[Prediction | None] = [None] * len(items)
         loaded: list[tuple[int, LoadedImage]] = []
-        canon: list[list[np.ndarray]] = [[] for _ in self.members]
         for i, item in enumerate(items):
             name = describe(item)
             try:
-                img = to_loaded_image(item)
-                c = [m.preprocessing.canonical(img.pixels) for m in self.members]
+                loaded.append((i, to_loaded_image(item)))
             except ImageLoadError as exc:
                 results[i] = Prediction(name, None, error=str(exc), error_reason=exc.reason)
-                continue
             except UnsupportedInput:
                 raise
             except Exception as exc:  # e.g. PIL's DecompressionBombError: one bad file must not stop a batch
-                results[i] = Prediction(
-                    name,
-                    None,
-                    error=f"{name or '<image>'}: cannot be used: {type(exc).__name__}: {exc}",
-                    error_reason="error",
-                )
+                results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
+        lungs = self.segment_lungs([img for _, img in loaded])
+        kept: list[tuple[int, LoadedImage, Any]] = []
+        canon: list[list[np.ndarray]] = [[] for _ in self.members]
+        for (i, img), seg in zip(loaded, lungs, strict=True):
+            mask = seg.mask if seg is not None else None
+            try:  # the lung mask is computed once per image; every member crops with it
+                c = [m.preprocessing.canonical(img.pixels, mask) for m in self.members]
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch
+                name = describe(items[i])
+                results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
                 continue
-            loaded.append((i, img))
+            kept.append((i, img, seg))
             for k, ck in enumerate(c):
                 canon[k].append(ck)
-        if loaded:
+        if kept:
             probs, feats = self.probabilities([np.stack(ck) for ck in canon])
-            for j, (i, img) in enumerate(loaded):
-                warnings = self.guard.check(img, feats[j] if feats is not None else None)
-                results[i] = self._result(describe(items[i]), probs[j], warnings)
+            for j, (i, img, seg) in enumerate(kept):
+                facts = seg.facts if seg is not None else None
+                warnings = self.guard.check(img, feats[j] if feats is not None else None, facts)
+                results[i] = self._result(describe(items[i]), probs[j], warnings, facts)
         return [r for r in results if r is not None]
 
-    def _result(self, name: str | None, probs: np.ndarray, warnings: list[str]) -> Prediction:
+    @property
+    def needs_lungs(self) -> bool:
+        """True when a member crops to the lungs (``resize: lungcrop``)."""
+        return any(m.preprocessing.needs_lungs for m in self.members)
+
+    def segment_lungs(self, images: list[LoadedImage], always: bool = False) -> list[Any]:
+        """Lung segmentations (:class:`covidxray.segmentation.LungSegmentation`) of decoded images, or Nones
+        when lung fields are not used (not ``always``, no ``lungcrop`` and ``lung_check=False``)."""
+        if not images or not (always or self.lung_check or self.needs_lungs):
+            return [None] * len(images)
+        if self._segmenter is None:
+            from covidxray.segmentation.segmenter import default_segmenter
+
+            self._segmenter = default_segmenter("onnx")
+        return self._segmenter.segment_many(images)
+
+    def _result(
+        self, name: str | None, probs: np.ndarray, warnings: list[str], lungs: Any = None
+    ) -> Prediction:
+        facts = lungs.to_dict() if lungs is not None else None
         if self.strict and warnings:
             return Prediction(
                 name,
@@ -215,23 +272,35 @@ class Predictor:
                 warnings=warnings,
                 error_reason="refused",
                 error="refused by the input guard: " + "; ".join(warnings),
+                lungs=facts,
             )
-        label, threshold = decide_label(probs, self.classes, self.operating_point)
+        label, decision = self.decide(probs)
         return Prediction(
             name,
             label,
             {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
             warnings,
-            covid_threshold=threshold,
+            covid_threshold=decision.threshold,
+            decision=decision.to_dict(label),
+            lungs=facts,
         )
+
+    def decide(self, probabilities: np.ndarray) -> tuple[str, Decision]:
+        """The label of one probability vector and the :class:`~covidxray.decision.Decision` behind it."""
+        return decide(probabilities, self.classes, self.operating_points, self.decision)
 
     # -- explanation ---------------------------------------------------------------------------------------
     def explain(self, image: ImageInput) -> bytes:
         """A Grad-CAM overlay PNG for one image (torch backend): the image, the heatmap of the predicted class,
-        the class and its probability, and the not-for-clinical-use line. Raises ImageLoadError on a bad image.
+        the lung outline, the class and its probability, the heatmap's in-lung share and the
+        not-for-clinical-use line. Raises ImageLoadError on a bad image.
 
         The label and probability are the predictor's (with its TTA and ensemble); the heatmap is the first
         member's network on the image itself."""
+        return self.explanation(image).png
+
+    def explanation(self, image: ImageInput) -> Explanation:
+        """:meth:`explain` with its facts: the overlay PNG, the explained label and the in-lung share."""
         if self.backend.name != "torch":
             raise RuntimeError("Grad-CAM needs the torch backend: load the model with backend='torch'")
         if self._explainer is None:
@@ -239,9 +308,14 @@ class Predictor:
 
             self._explainer = GradCamExplainer(self.backend.model, self.preprocessing, self.classes)  # type: ignore[attr-defined]
         img = to_loaded_image(image)
-        probs, _ = self.probabilities([m.preprocessing.canonical(img.pixels)[None] for m in self.members])
-        label, _ = decide_label(probs[0], self.classes, self.operating_point)
-        return self._explainer.overlay_png(img, label, float(probs[0][self.classes.index(label)]))
+        seg = self.segment_lungs([img], always=True)[0]  # outline + in-lung share
+        mask = seg.mask if seg is not None else None
+        probs, _ = self.probabilities(
+            [m.preprocessing.canonical(img.pixels, mask)[None] for m in self.members]
+        )
+        label, _ = self.decide(probs[0])
+        png, share = self._explainer.overlay(img, label, float(probs[0][self.classes.index(label)]), mask)
+        return Explanation(png, label, None if share is None or share != share else share)
 
     # -- model card ----------------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -259,6 +333,8 @@ class Predictor:
             "versions": c.get("versions", {}),
             "metrics": c.get("metrics", {}),
             "operating_point": self.operating_point,
+            "operating_points": self.operating_points,
+            "decision": self.decision,
             "decision_rule": self.decision_rule(),
             "data": c.get("data", {}),
             "training": c.get("training", {}),
@@ -273,6 +349,7 @@ class Predictor:
                     if k in fd
                 },
             },
+            "lung_segmenter": default_segmenter_facts(),
             "intended_use": c.get("intended_use", ""),
             "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
             "backend": self.backend.name,
@@ -288,7 +365,8 @@ class Predictor:
         }
 
     def decision_rule(self) -> str:
-        return decision_rule(self.classes, self.operating_point)
+        """How the label follows from the probabilities, naming the deciding operating point."""
+        return rule_in_words(self.classes, self.operating_points, self.decision)
 
     def __repr__(self) -> str:
         extra = f", tta={len(self.tta_views)}" if len(self.tta_views) > 1 else ""

@@ -57,7 +57,7 @@ HELP: dict[str, str] = {
     "freeze_backbone": "train the head only",
     "patience": "epochs without validation improvement before stopping (0: never)",
     "intensity": "intensity normalisation of the preprocessing",
-    "resize": "how an image becomes square",
+    "resize": "how an image becomes square (lungcrop: the lung fields found by the shipped segmenter, plus a margin)",
     "channels": "network input channels",
     "holdout_source": "leave this source out of train and val (for a cross-source test)",
     "cache_dir": "image cache folder",

@@ -140,8 +140,17 @@ class TrainConfig:
         """The :class:`covidxray.preprocess.Preprocessing` this run trains with (and its bundle stores)."""
         from covidxray.preprocess import Preprocessing
 
+        segmenter = ""
+        if self.resize == "lungcrop":  # the crops depend on the segmenter: record which one
+            from covidxray.segmentation.segmenter import default_segmenter_version
+
+            segmenter = default_segmenter_version()
         return Preprocessing(
-            image_size=self.image_size, channels=self.channels, resize=self.resize, intensity=self.intensity
+            image_size=self.image_size,
+            channels=self.channels,
+            resize=self.resize,
+            intensity=self.intensity,
+            lung_segmenter=segmenter,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,13 +36,19 @@ _PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "malformed request: no file in the field 'files', a file in another field, a bad "
         "query value, or explain=true on the onnx backend",
     },
-    413: {**_ERROR, "description": "a file is larger than the upload limit, or more files than maxItems"},
+    408: {**_ERROR, "description": "the body did not arrive within the server's body time limit"},
+    413: {
+        **_ERROR,
+        "description": "a file or the whole request is larger than the upload limits, more files than "
+        "maxItems, or an image has more decoded pixels than the limit",
+    },
     415: {
         **_ERROR,
         "description": "the body is not multipart/form-data, or a file is not PNG, JPEG or DICOM",
     },
     422: {**_ERROR, "description": "an image cannot be decoded (empty, truncated, too small, ...)"},
     **_SERVER_ERROR,
+    503: {**_ERROR, "description": "too many uploads in progress for longer than the body time limit; retry"},
 }
 
 
@@ -117,14 +123,55 @@ async def predict(
     preview: Annotated[bool, Query(description="add a PNG preview rendered from the decoded pixels")] = False,
 ) -> PredictResponse:
     """Upload images in the multipart field 'files'; the request succeeds for all of them or fails naming the
-    first file that is too large (413), not an image (415) or undecodable (422). Research use only."""
-    raw, fields = await read_multipart(
-        request.headers.get("content-type", ""),
-        request.stream(),
-        file_field=FILE_FIELD,
-        max_file_bytes=service.settings.max_upload_bytes,
-        max_files=service.settings.max_files,
-    )
+    first file that is too large or has too many pixels (413), not an image (415) or undecodable (422). A body
+    that does not arrive in time gets 408; 503 when too many uploads are in progress. Research use only."""
+    settings = service.settings
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_request_bytes + 64 * 1024:  # + multipart framing
+        raise UploadError(
+            413,
+            "too_large",
+            f"the request body ({int(declared) / 1024 / 1024:.3g} MB) passes the limit of "
+            f"{settings.max_request_mb:.3g} MB per request",
+            hint="send the images in several requests",
+        )
+    # At most max_concurrent_uploads requests hold a body (and then its images) at once; the rest wait.
+    with anyio.move_on_after(settings.body_timeout_s) as waiting:
+        await service.upload_slots.acquire()
+    if waiting.cancelled_caught:
+        raise UploadError(
+            503,
+            "server_busy",
+            f"{settings.max_concurrent_uploads} uploads are already in progress; none finished within "
+            f"{settings.body_timeout_s:g} s",
+            hint="retry in a moment",
+        )
+    try:
+        return await _predict(request, service, explain, preview)
+    finally:
+        service.upload_slots.release()
+
+
+async def _predict(
+    request: Request, service: PredictionService, explain: bool, preview: bool
+) -> PredictResponse:
+    settings = service.settings
+    with anyio.move_on_after(settings.body_timeout_s) as reading:
+        raw, fields = await read_multipart(
+            request.headers.get("content-type", ""),
+            request.stream(),
+            file_field=FILE_FIELD,
+            max_file_bytes=settings.max_upload_bytes,
+            max_files=settings.max_files,
+            max_total_bytes=settings.max_request_bytes,
+        )
+    if reading.cancelled_caught:
+        raise UploadError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {settings.body_timeout_s:g} s",
+            hint="send smaller files, or fewer per request",
+        )
     if not raw:
         raise UploadError(
             400,

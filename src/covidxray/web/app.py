@@ -69,10 +69,26 @@ def _load_predictor(path: Any, backend: str) -> PredictorLike:
     return load_predictor(path, backend=backend)
 
 
+def open_audit_log(settings: WebSettings) -> AuditLog | None:
+    """The audit log the settings name, with their retention bounds (None when ``audit_db`` is None).
+
+    Raises :class:`covidxray.web.audit.AuditError` when the database cannot be opened for writing.
+    """
+    if not settings.audit_db:
+        return None
+    return AuditLog(settings.audit_db, settings.retention_days, settings.audit_max_rows)
+
+
 def create_app(
-    predictor_or_model_path: PredictorLike | str | Path | None = None, settings: WebSettings | None = None
+    predictor_or_model_path: PredictorLike | str | Path | None = None,
+    settings: WebSettings | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
-    """The web app serving a loaded predictor, or the bundle at a path (None: the shipped default model)."""
+    """The web app serving a loaded predictor, or the bundle at a path (None: the shipped default model).
+
+    ``audit``: an audit log already opened (``covidxray serve`` opens it before printing its banner); by default
+    the app opens the one ``settings.audit_db`` names at start-up.
+    """
     settings = settings or WebSettings()
 
     @asynccontextmanager
@@ -80,13 +96,13 @@ def create_app(
         predictor = predictor_or_model_path
         if predictor is None or isinstance(predictor, (str, Path)):
             predictor = await anyio.to_thread.run_sync(_load_predictor, predictor, settings.backend)
-        audit = AuditLog(settings.audit_db) if settings.audit_db else None
-        app.state.service = PredictionService(predictor, settings, audit)
+        audit_log = audit if audit is not None else open_audit_log(settings)
+        app.state.service = PredictionService(predictor, settings, audit_log)
         try:
             yield
         finally:
-            if audit is not None:
-                audit.close()
+            if audit_log is not None:
+                audit_log.close()
 
     app = FastAPI(
         title="covidxray",
@@ -114,7 +130,12 @@ def create_app(
     @app.exception_handler(UploadError)
     async def upload_error(_request: Request, exc: UploadError) -> JSONResponse:
         body = ErrorResponse(error=exc.error, message=exc.message, file=exc.file, hint=exc.hint)
-        return JSONResponse(body.model_dump(), status_code=exc.status_code)
+        headers = {}
+        if exc.status_code in (408, 413, 503):  # the body may be partly unread: do not reuse the connection
+            headers["connection"] = "close"
+        if exc.status_code == 503:
+            headers["retry-after"] = "1"
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

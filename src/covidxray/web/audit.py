@@ -1,12 +1,15 @@
 """The audit log of predictions: one row per image (time, image sha256, model version, result), via SQLAlchemy.
 
-SQLite in ``runs/audit.sqlite`` by default; any SQLAlchemy URL (e.g. ``postgresql+psycopg://user@host/db``) by
-option. No file names or pixels are stored: the sha256 identifies an image without revealing it.
+SQLite in ``~/.local/state/covidxray/audit.sqlite`` by default (see :func:`covidxray.web.settings.default_audit_db`);
+any SQLAlchemy URL (e.g. ``postgresql+psycopg://user@host/db``) by option. No file names or pixels are stored: the
+sha256 identifies an image without revealing it. Retention: rows older than ``retention_days`` and beyond the
+newest ``max_rows`` are deleted when the log opens and every :data:`PRUNE_EVERY` recorded rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +24,22 @@ from sqlalchemy import (
     String,
     Table,
     create_engine,
+    delete,
     event,
     func,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 metadata = MetaData()
+PRUNE_EVERY = 500  # recorded rows between two retention passes
+
+
+class AuditError(RuntimeError):
+    """An audit database that cannot be opened or written (``covidxray serve`` exit code 6)."""
+
 
 predictions = Table(
     "predictions",
@@ -56,6 +67,17 @@ class AuditRecord:
     id: int | None = None
 
 
+def _row(r: AuditRecord) -> dict[str, Any]:
+    return {
+        "time": r.time,
+        "image_sha256": r.image_sha256,
+        "model_version": r.model_version,
+        "label": r.label,
+        "probabilities": r.probabilities,
+        "warnings": list(r.warnings),
+    }
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers (e.g. an analyst's sqlite3 shell) work while the server writes; NORMAL sync is
     # crash-safe in WAL mode and avoids an fsync per prediction.
@@ -80,28 +102,62 @@ def create_audit_engine(url: str) -> Engine:
 
 
 class AuditLog:
-    """Append-only log of predictions. Thread-safe (each call uses its own pooled connection)."""
+    """Append-only log of predictions with a retention bound. Thread-safe (each call uses its own pooled
+    connection).
 
-    def __init__(self, url: str):
+    ``retention_days`` and ``max_rows`` bound the log (None or 0: no bound). Opening checks that the database can
+    be written (a transaction inserting one row, rolled back) and raises :class:`AuditError` if not.
+    """
+
+    def __init__(self, url: str, retention_days: float | None = None, max_rows: int | None = None):
         self.url = url
-        self.engine = create_audit_engine(url)
-        metadata.create_all(self.engine)
+        self.retention_days = retention_days or None
+        self.max_rows = max_rows or None
+        self._since_prune = 0
+        self._lock = threading.Lock()
+        try:
+            self.engine = create_audit_engine(url)
+            metadata.create_all(self.engine)
+            with (
+                self.engine.connect() as conn
+            ):  # can we write? (a read-only file or role fails here, not later)
+                trans = conn.begin()
+                conn.execute(predictions.insert(), [_row(AuditRecord("0" * 64, "check", "check", {}))])
+                trans.rollback()
+        except (SQLAlchemyError, OSError, ValueError, ImportError) as exc:
+            raise AuditError(f"audit database {self!r} cannot be opened for writing: {exc}") from exc
+        self.prune()
+
+    def prune(self, now: dt.datetime | None = None) -> int:
+        """Delete rows older than ``retention_days`` and beyond the newest ``max_rows``; the number deleted."""
+        deleted = 0
+        with self.engine.begin() as conn:
+            if self.retention_days:
+                cutoff = (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=self.retention_days)
+                deleted += conn.execute(delete(predictions).where(predictions.c.time < cutoff)).rowcount or 0
+            if self.max_rows:
+                newest = conn.execute(select(func.max(predictions.c.id))).scalar()
+                if newest is not None and newest > self.max_rows:
+                    deleted += (
+                        conn.execute(
+                            delete(predictions).where(predictions.c.id <= newest - self.max_rows)
+                        ).rowcount
+                        or 0
+                    )
+        return deleted
 
     def record(self, records: Iterable[AuditRecord]) -> None:
-        rows = [
-            {
-                "time": r.time,
-                "image_sha256": r.image_sha256,
-                "model_version": r.model_version,
-                "label": r.label,
-                "probabilities": r.probabilities,
-                "warnings": list(r.warnings),
-            }
-            for r in records
-        ]
+        rows = [_row(r) for r in records]
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(predictions.insert(), rows)
+            with self._lock:
+                self._since_prune += len(rows)
+                due = self._since_prune >= PRUNE_EVERY
+                if due:
+                    self._since_prune = 0
+            if due:
+                self.prune()
 
     def recent(self, limit: int = 100) -> list[AuditRecord]:
         """The latest ``limit`` records, newest first."""
@@ -128,4 +184,8 @@ class AuditLog:
         self.engine.dispose()
 
     def __repr__(self) -> str:
-        return f"AuditLog({make_url(self.url).render_as_string(hide_password=True)!r})"
+        try:
+            shown = make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # an unparseable URL: show it without anything that looks like a password
+            shown = self.url.split("@")[-1]
+        return f"AuditLog({shown!r})"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 ACCEPTED_SUFFIXES = {
     ".png": "png",
@@ -73,10 +74,14 @@ def display_name(raw: str) -> str:
 class _MultipartReader:
     """Callbacks for python-multipart's streaming parser that enforce the limits as bytes arrive."""
 
-    def __init__(self, file_field: str, max_file_bytes: int, max_files: int):
+    def __init__(
+        self, file_field: str, max_file_bytes: int, max_files: int, max_total_bytes: int | None = None
+    ):
         self.file_field = file_field
         self.max_file_bytes = max_file_bytes
         self.max_files = max_files
+        self.max_total_bytes = max_total_bytes
+        self.total = 0
         self.files: list[tuple[str, bytes]] = []
         self.fields: dict[str, str] = {}
         self._part = _Part()
@@ -151,23 +156,41 @@ class _MultipartReader:
                 part.filename,
                 "send a smaller export of the image (a chest X-ray PNG is rarely above 10 MB)",
             )
+        self.total += end - start
+        if self.max_total_bytes is not None and self.total > self.max_total_bytes:
+            raise UploadError(
+                413,
+                "too_large",
+                f"{part.filename or part.name}: the request's files pass the limit of "
+                f"{self.max_total_bytes / 1024 / 1024:.3g} MB in all",
+                part.filename,
+                "send the images in several requests",
+            )
         part.data += data[start:end]
 
     def _on_part_end(self) -> None:
         part = self._part
         if part.filename is not None:
             self.files.append((part.filename, bytes(part.data)))
+            part.data = bytearray()  # the copy above is the one kept
         else:
             self.fields[part.name] = part.data.decode("utf-8", "replace")
 
 
 async def read_multipart(
-    content_type: str, stream: AsyncIterator[bytes], *, file_field: str, max_file_bytes: int, max_files: int
+    content_type: str,
+    stream: AsyncIterator[bytes],
+    *,
+    file_field: str,
+    max_file_bytes: int,
+    max_files: int,
+    max_total_bytes: int | None = None,
 ) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
     """Parse a multipart/form-data body as it streams: ``([(display name, bytes), ...], {field: value})``.
 
-    Raises :class:`UploadError` 413 as soon as a file passes ``max_file_bytes`` or there are more than
-    ``max_files`` files, 415 if the body is not multipart, 400 if it is malformed.
+    Raises :class:`UploadError` 413 as soon as a file passes ``max_file_bytes``, the files pass
+    ``max_total_bytes`` in all, or there are more than ``max_files`` files; 415 if the body is not multipart,
+    400 if it is malformed or the client went away before sending all of it.
     """
     mime, params = parse_options_header(content_type or "")
     if mime != b"multipart/form-data" or b"boundary" not in params:
@@ -177,7 +200,7 @@ async def read_multipart(
             f"the request body must be multipart/form-data with the images in the field '{file_field}', "
             f"got {content_type or 'no Content-Type'!r}",
         )
-    reader = _MultipartReader(file_field, max_file_bytes, max_files)
+    reader = _MultipartReader(file_field, max_file_bytes, max_files, max_total_bytes)
     parser = MultipartParser(params[b"boundary"], reader.callbacks())
     try:
         async for chunk in stream:
@@ -185,6 +208,8 @@ async def read_multipart(
         parser.finalize()
     except FormParserError as exc:
         raise UploadError(400, "bad_request", f"malformed multipart body: {exc}") from exc
+    except ClientDisconnect as exc:
+        raise UploadError(400, "client_disconnected", "the client closed the connection mid-upload") from exc
     return reader.files, reader.fields
 
 

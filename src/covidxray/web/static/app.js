@@ -14,20 +14,89 @@ function formatBytes(n) {
 }
 
 // ---- model card -------------------------------------------------------------------------------------------
-function scalarEntries(obj, prefix = "", depth = 0, out = []) {
-  for (const [key, value] of Object.entries(obj || {})) {
-    const name = prefix ? `${prefix}.${key}` : key;
-    if (value !== null && typeof value === "object" && !Array.isArray(value)) {
-      if (depth < 2) scalarEntries(value, name, depth + 1, out);
-    } else if (typeof value === "number") {
-      out.push([name, Number.isInteger(value) ? String(value) : value.toFixed(3)]);
-    } else if (typeof value === "string" || typeof value === "boolean") {
-      out.push([name, String(value)]);
-    } else if (Array.isArray(value) && value.length <= 8 && value.every((v) => typeof v !== "object")) {
-      out.push([name, value.join(", ")]);
-    }
+// A readable card from GET /api/v1/model: short sentences, percentages with their 95% intervals.
+const pct1 = (v) => `${(100 * v).toFixed(1)}%`;
+const withCi = (m) => {
+  if (m === null || m === undefined) return null;
+  if (typeof m === "number") return pct1(m);
+  if (typeof m.value !== "number") return null;
+  const ci = Array.isArray(m.ci) && m.ci.length === 2 ? ` (95% CI ${pct1(m.ci[0])} to ${pct1(m.ci[1])})` : "";
+  return pct1(m.value) + ci;
+};
+const count = (n) => Number(n).toLocaleString("en-US");
+
+function describePreprocessing(p) {
+  if (!p) return "";
+  const size = `${p.image_size}×${p.image_size} px`;
+  const how = { squash: "the whole image resized", pad: "the whole image padded to a square",
+                crop: "the centre square", lungcrop: "cropped to the lung fields (plus a margin)" }[p.resize] || p.resize;
+  const tone = p.intensity === "equalize" ? ", histogram-equalised" : p.intensity && p.intensity !== "none" ? `, ${p.intensity} contrast` : "";
+  return `${size} grayscale input: ${how}${tone}`;
+}
+
+function performanceSentence(card) {
+  const op = card.operating_point || {};
+  const t = op.test;
+  if (t && typeof t === "object" && t.sensitivity) {
+    const cls = displayName(op.class || "covid");
+    const imgs = t.n_images ? `${count(t.n_images)} held-out test images` : "the held-out test images";
+    const pats = t.n_patients ? ` of ${count(t.n_patients)} patients` : "";
+    return `On ${imgs}${pats}: ${cls} sensitivity ${withCi(t.sensitivity)}, specificity ${withCi(t.specificity)}.`;
   }
-  return out;
+  return null;
+}
+
+function validationSentence(metrics) {
+  const v = (metrics || {}).val || {};
+  const parts = [];
+  if (typeof v.val_acc === "number") parts.push(`accuracy ${pct1(v.val_acc)}`);
+  if (typeof v.val_auc_macro === "number") parts.push(`macro ROC AUC ${v.val_auc_macro.toFixed(3)}`);
+  if (typeof v.val_auc_covid === "number") parts.push(`COVID-19 ROC AUC ${v.val_auc_covid.toFixed(3)}`);
+  return parts.length ? `Validation split: ${parts.join(", ")}.` : null;
+}
+
+function trainingSentence(data) {
+  const train = ((data || {}).counts || {}).train;
+  if (!train) return null;
+  const bySource = Object.entries(train).map(([src, byLabel]) => [src, Object.values(byLabel).reduce((a, b) => a + b, 0)]);
+  const total = bySource.reduce((a, [, n]) => a + n, 0);
+  return `${count(total)} training images from ${bySource.length} public collections (` +
+    bySource.map(([src, n]) => `${src} ${count(n)}`).join(", ") + "), split by patient.";
+}
+
+function segmenterSentence(seg) {
+  if (!seg || !seg.version) return null;
+  const d = Object.entries(seg.test_dice || {}).map(([src, v]) => `${v.toFixed(3)} on ${src}`).join(", ");
+  return `Outlined by the covidxray lung segmenter ${seg.version}` + (d ? ` (held-out Dice ${d}).` : ".");
+}
+
+function cardRows(card) {
+  const rows = [
+    ["What it does", `Sorts a chest X-ray into ${card.classes.map(displayName).join(", ")}.`],
+  ];
+  if (card.decision_rule) {
+    const rule = card.decision_rule.replace(/\b(covid|normal|pneumonia)\b/g, (c) => displayName(c));
+    rows.push(["How it decides", rule.charAt(0).toUpperCase() + rule.slice(1) + "."]);
+  }
+  for (const [name, p] of Object.entries(card.operating_points || {})) {
+    const mark = name === card.decision ? " — this one decides" : "";
+    rows.push([`Operating point "${name}"`, `p(${displayName(p.class)}) ≥ ${Number(p.threshold).toFixed(3)}` +
+      (p.rule ? `, chosen for ${p.rule}` : "") + mark]);
+  }
+  const perf = performanceSentence(card);
+  if (perf) rows.push(["How well it did", perf]);
+  const val = validationSentence(card.metrics);
+  if (val) rows.push(["Validation", val]);
+  const train = trainingSentence(card.data);
+  if (train) rows.push(["Trained on", train]);
+  const net = [card.architecture, describePreprocessing(card.preprocessing)].filter(Boolean).join(", ");
+  rows.push(["Network", net]);
+  const seg = segmenterSentence(card.lung_segmenter);
+  if (seg) rows.push(["Lung fields", seg]);
+  if (card.intended_use) rows.push(["Intended use", card.intended_use]);
+  rows.push(["Version", `${card.version}${card.backend ? ` (${card.backend} backend)` : ""}`]);
+  rows.push(["Notice", card.notice]);
+  return rows;
 }
 
 async function loadModelCard() {
@@ -38,18 +107,6 @@ async function loadModelCard() {
     const card = await res.json();
     maxUploadBytes = card.limits.max_upload_bytes;
     $("#max-upload").textContent = formatBytes(maxUploadBytes);
-    const rows = [
-      ["Architecture", card.architecture],
-      ["Version", card.version],
-      ["Classes", card.classes.map(displayName).join(", ")],
-    ];
-    if (card.decision_rule) rows.push(["Decision rule", card.decision_rule]);
-    if (card.operating_point) rows.push(["Operating point", scalarEntries(card.operating_point).map(([k, v]) => `${k} ${v}`).join("; ")]);
-    for (const [k, v] of scalarEntries(card.metrics).slice(0, 12)) rows.push([`Metric: ${k}`, v]);
-    for (const [k, v] of scalarEntries(card.data).slice(0, 8)) rows.push([`Data: ${k}`, v]);
-    if (card.intended_use) rows.push(["Intended use", card.intended_use]);
-    if (card.backend) rows.push(["Backend", card.backend]);
-    rows.push(["Notice", card.notice]);
     if (card.backend && card.backend !== "torch") {
       const explain = $("#explain");
       explain.checked = false;
@@ -57,7 +114,7 @@ async function loadModelCard() {
       explain.parentElement.title = "Grad-CAM needs the server's torch backend";
     }
     dl.replaceChildren();
-    for (const [k, v] of rows) {
+    for (const [k, v] of cardRows(card)) {
       const dt = document.createElement("dt");
       dt.textContent = k;
       const dd = document.createElement("dd");
@@ -128,8 +185,26 @@ function renderResult(card, result) {
 
   const preview = $(".preview", card);
   preview.src = `data:image/png;base64,${result.preview_png}`;
-  preview.alt = `X-ray ${result.file} (${result.width}×${result.height} ${result.format.toUpperCase()})`;
+  preview.alt = `X-ray ${result.file} (${result.width}×${result.height} ${result.format.toUpperCase()})` +
+    (result.lungs ? ", lung fields outlined in cyan" : "");
   $(".figure", card).hidden = false;
+  const xrayCaption = result.lungs ? "X-ray as decoded by the server; cyan: lung fields found by the segmenter"
+    : "X-ray as decoded by the server";
+  $(".caption", card).textContent = xrayCaption;
+  if (result.lungs) {
+    const l = result.lungs;
+    const lungs = $(".lungs", card);
+    lungs.textContent = `Lung fields: ${l.components} region${l.components === 1 ? "" : "s"} covering ` +
+      `${percent(l.area_fraction)} of the image` + (l.quality === "ok" ? "." : ` (implausible: ${l.quality.replace("_", " ")}).`);
+    lungs.hidden = false;
+  }
+  if (result.gradcam_png) {
+    const share = $(".lung-share", card);
+    share.textContent = typeof result.gradcam_lung_share === "number"
+      ? `${percent(result.gradcam_lung_share)} of the heatmap lies inside the lung fields.`
+      : "The heatmap is empty (no region raised this class's score), so no share inside the lung fields.";
+    share.hidden = false;
+  }
 
   if (result.gradcam_png) {
     const heatmap = $(".heatmap", card);
@@ -144,13 +219,23 @@ function renderResult(card, result) {
       toggle.textContent = on ? "Show X-ray" : "Show Grad-CAM heatmap";
       heatmap.hidden = !on;
       preview.hidden = on;
-      caption.textContent = on ? "Grad-CAM overlay: where the model looked" : "X-ray as decoded by the server";
+      caption.textContent = on ? "Grad-CAM overlay: where the model looked; cyan: lung fields" : xrayCaption;
     });
   }
 
   const top = result.probabilities[result.label];
   $(".label", card).textContent = displayName(result.label) + (top !== undefined ? ` (${percent(top)})` : "");
   $(".prediction", card).hidden = false;
+  const why = $(".why", card);
+  if (result.decision) {
+    const d = result.decision;
+    why.textContent = d.point
+      ? `Why: p(${displayName(d.class)}) = ${percent(d.probability)} ${d.met ? "≥" : "<"} threshold ${percent(d.threshold)} ` +
+        `of the ${d.point} operating point${d.rule ? ` (${d.rule})` : ""}` +
+        (d.met ? "." : `, so the most probable other class.`)
+      : "Why: the most probable class (the model stores no operating point).";
+    why.hidden = false;
+  }
   renderBars($(".bars", card), result.probabilities, result.label);
 
   const warnings = $(".warnings", card);

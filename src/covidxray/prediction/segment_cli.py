@@ -1,0 +1,267 @@
+"""``covidxray segment``: lung-field masks for chest X-rays, and ``covidxray segment train``.
+
+Contract (scripts depend on it):
+
+- ``covidxray segment --images DIR --out DIR`` writes one ``<input file stem>.png`` per input image (0/255, the
+  same width and height as the input; ``<stem>-2.png``, ... when stems repeat in a recursive folder) and
+  ``lungs.csv``: path, mask, width, height, area_fraction, components, balance, quality, error.
+- ``covidxray segment --image X [--overlay out.png] [--mask out.png]`` prints the lung facts.
+
+Bad files are reported as ``predict`` reports them: a row with an ``error`` that does not stop the run; exit 3
+when not one image could be read (or the single ``--image`` cannot be), 5 when the segmenter cannot be loaded.
+The ONNX backend (default) does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+CSV_NAME = "lungs.csv"
+CSV_COLUMNS = [
+    "path",
+    "mask",
+    "width",
+    "height",
+    "area_fraction",
+    "components",
+    "balance",
+    "quality",
+    "error",
+]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "segment",
+        help="lung-field masks (SCR convention: heart excluded) for one image or a folder",
+        description="Segment the lung fields of chest X-rays with the shipped U-Net (or --segmenter). Masks are "
+        "0/255 PNGs the size of the input; lungs.csv gives the lung area fraction, the number of components, the "
+        "left/right balance and a quality flag (ok, no_lungs, small, large, one_component, unbalanced). "
+        "'covidxray segment train' retrains the segmenter. Exit codes: 0 ok, 2 usage, 3 bad input, 5 segmenter "
+        "not loadable. Research use only, not for clinical diagnosis.",
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--image", metavar="PATH", help="one image file")
+    what.add_argument("--images", metavar="DIR|GLOB", help="a folder (searched recursively) or a quoted glob")
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="with --images: folder for <stem>.png masks + lungs.csv"
+    )
+    p.add_argument(
+        "--overlay", type=Path, metavar="PNG", help="with --image: the X-ray with the lung outline"
+    )
+    p.add_argument("--mask", type=Path, metavar="PNG", help="with --image: write the 0/255 mask here")
+    p.add_argument(
+        "--segmenter", metavar="DIR|ONNX", default=None, help="segmenter folder or .onnx (default: shipped)"
+    )
+    p.add_argument(
+        "--backend", choices=("onnx", "torch"), default="onnx", help="default: %(default)s (no torch)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="images per batch (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default: %(default)s)")
+    p.set_defaults(func=run_segment, segment_parser=p)
+    sub = p.add_subparsers(dest="segment_command", metavar="train")
+    _register_train(sub)
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    from covidxray.segmentation.train_config import SegTrainConfig
+
+    d = SegTrainConfig()
+    t = sub.add_parser(
+        "train",
+        help="train the lung segmenter from scratch on JSRT + the V7 lung masks",
+        description="Train the U-Net lung segmenter (patient-disjoint train/val/test, Dice per source on the "
+        "held-out masks) and write model.safetensors, config.json, model.onnx and history.csv into --out.",
+    )
+    t.add_argument(
+        "--root", default=d.root, help="data root with JSRT/ and lung-masks/ (default: %(default)s)"
+    )
+    t.add_argument("--out", default=d.out, help="output folder (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    t.add_argument(
+        "--image-size", type=int, default=d.image_size, help="network input size (default: %(default)s)"
+    )
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
+    t.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    t.add_argument("--threads", type=int, default=d.threads, help="torch threads (default: %(default)s)")
+    t.add_argument(
+        "--max-images", type=int, default=0, help="at most this many pairs per source (quick runs)"
+    )
+    t.set_defaults(func=run_train)
+
+
+def _fail(message: str, code_name: str):
+    from covidxray import errors
+
+    return errors.CLIError(message, getattr(errors, code_name))
+
+
+def _load(args: argparse.Namespace):
+    from covidxray.segmentation.segmenter import SegmenterLoadError, load_segmenter
+
+    try:
+        return load_segmenter(args.segmenter, backend=args.backend, threads=args.threads)
+    except SegmenterLoadError as exc:
+        raise _fail(str(exc), "EXIT_MODEL") from exc
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise _fail(f"--batch-size must be at least 1, got {args.batch_size}", "EXIT_USAGE")
+    if args.images:
+        if args.out is None:
+            raise _fail("--images needs --out DIR (the masks and lungs.csv go there)", "EXIT_USAGE")
+        if args.overlay or args.mask:
+            raise _fail("--overlay and --mask go with --image", "EXIT_USAGE")
+        return _segment_many(args)
+    if args.image:
+        if args.out is not None:
+            raise _fail("--out goes with --images; for one image use --mask FILE", "EXIT_USAGE")
+        return _segment_one(args)
+    args.segment_parser.print_usage(sys.stderr)
+    raise _fail("give --image PATH or --images DIR --out DIR (or 'covidxray segment train')", "EXIT_USAGE")
+
+
+def _segment_one(args: argparse.Namespace) -> int:
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.imageio import ImageLoadError, load_image
+
+    if not Path(args.image).is_file():
+        what = "is a folder: use --images" if Path(args.image).is_dir() else "file does not exist"
+        raise _fail(f"{args.image}: {what}", "EXIT_INPUT")
+    try:
+        image = load_image(args.image)
+    except ImageLoadError as exc:
+        raise _fail(str(exc), "EXIT_INPUT") from exc
+    seg = _load(args).segment(image)
+    f = seg.facts
+    if args.mask:
+        _write_png(args.mask, seg.png_array())
+    if args.overlay:
+        from covidxray.segmentation.overlay import lung_overlay
+
+        _write_png(args.overlay, lung_overlay(image.pixels, seg.mask))
+    lines = [
+        f"image: {args.image} ({image.width}x{image.height})",
+        f"lung area fraction: {f.area_fraction:.4f}",
+        f"components: {f.components}",
+        f"left/right balance: {f.balance:.3f}",
+        f"quality: {f.quality}",
+    ]
+    lines += [f"wrote {p}" for p in (args.mask, args.overlay) if p]
+    print("\n".join([*lines, NOT_FOR_CLINICAL_USE]))
+    return 0
+
+
+def _write_png(path: Path, array) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+
+
+def _segment_many(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.imageio import ImageLoadError, load_image
+    from covidxray.prediction.batch import find_images
+
+    try:
+        paths = find_images(args.images)
+    except ImageLoadError as exc:
+        raise _fail(str(exc), "EXIT_INPUT") from exc
+    if args.out.exists() and not args.out.is_dir():
+        raise _fail(f"{args.out}: exists and is not a folder", "EXIT_USAGE")
+    segmenter = _load(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    quality: Counter = Counter()
+    errors: Counter = Counter()
+    with open(args.out / CSV_NAME, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for start in range(0, len(paths), args.batch_size):
+            loaded, rows = [], []
+            for path in paths[start : start + args.batch_size]:
+                row = dict.fromkeys(CSV_COLUMNS, "")
+                row["path"] = path
+                try:
+                    loaded.append((load_image(path), row))
+                except ImageLoadError as exc:
+                    row["error"] = str(exc)
+                    errors[exc.reason] += 1
+                rows.append(row)
+            segs = segmenter.segment_many([im for im, _ in loaded]) if loaded else []
+            for (image, row), seg in zip(loaded, segs, strict=True):
+                name = _unique_name(Path(row["path"]).stem, used)
+                _write_png(args.out / name, seg.png_array())
+                f = seg.facts
+                row.update(
+                    mask=name,
+                    width=image.width,
+                    height=image.height,
+                    area_fraction=f.area_fraction,
+                    components=f.components,
+                    balance=f.balance,
+                    quality=f.quality,
+                )
+                quality[f.quality] += 1
+            writer.writerows(rows)
+    done = sum(quality.values())
+    lines = [
+        f"{len(paths)} images: {done} segmented ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(quality.items()))
+        + ")"
+    ]
+    if errors:
+        lines.append(
+            f"{sum(errors.values())} could not be read ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
+            + ")"
+        )
+    lines.append(f"wrote {done} masks and {args.out / CSV_NAME}")
+    print("\n".join([*lines, NOT_FOR_CLINICAL_USE]), file=sys.stderr)
+    if done == 0:
+        raise _fail(f"none of the {len(paths)} images could be read", "EXIT_INPUT")
+    return 0
+
+
+def _unique_name(stem: str, used: set[str]) -> str:
+    name, k = f"{stem}.png", 1
+    while name in used:
+        k += 1
+        name = f"{stem}-{k}.png"
+    used.add(name)
+    return name
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from covidxray.segmentation.train_config import SegTrainConfig
+
+    if not (Path(args.root) / "JSRT").is_dir() and not (Path(args.root) / "lung-masks").is_dir():
+        raise _fail(f"{args.root}: no JSRT/ or lung-masks/ folder here; pass --root DATA", "EXIT_INPUT")
+    cfg = SegTrainConfig(
+        root=args.root,
+        out=args.out,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        max_images=args.max_images,
+    )
+    from covidxray.segmentation.train import train_segmenter
+
+    config = train_segmenter(cfg)
+    test = config["metrics"]["test"]
+    for src, m in test.items():
+        key = "lungs" if "lungs" in m else "lungs_behind_heart"
+        print(f"test Dice {src}: {m[key]['mean']:.4f} ({key}, {m['n_images']} images)")
+    print(f"wrote {args.out} ({config['version']})")
+    return 0
