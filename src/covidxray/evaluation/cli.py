@@ -100,29 +100,77 @@ def _options(args: argparse.Namespace, **overrides):
 
 
 # -- evaluate ----------------------------------------------------------------------------------------------------
+def tta_views_arg(value: str) -> int:
+    """``--tta N|none`` -> the number of views (``none``: 1, no TTA)."""
+    from covidxray.preprocess import MAX_TTA_VIEWS
+
+    if value.strip().lower() in ("none", "off", "0", "1"):
+        return 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 2 <= n <= MAX_TTA_VIEWS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of views from 2 to {MAX_TTA_VIEWS}, or none; got {value!r}"
+        )
+    return n
+
+
+def add_tta_flag(p: argparse.ArgumentParser) -> None:
+    """``--tta N|none``, shared by ``evaluate`` and ``predict``."""
+    from covidxray.preprocess import TTA_VIEWS
+
+    p.add_argument(
+        "--tta",
+        type=tta_views_arg,
+        default=1,
+        metavar="N|none",
+        help="test-time augmentation: average the probabilities over the first N of the fixed views "
+        f"{', '.join(TTA_VIEWS)} (about N times the time; default: none)",
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from covidxray.bundle import BundleError
+    from covidxray.ensemble import EnsembleError
     from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
     from covidxray.evaluation.terminal_summary import summary_lines
 
     store = not args.no_store_operating_point
     if args.model is None:  # the shipped model: evaluate it, never rewrite it
-        bundle = resolve_bundle(None)
-        out = Path(args.out) if args.out else DEFAULT_MODEL_EVALUATION_DIR
+        bundles = [resolve_bundle(None)]
+        default_out = DEFAULT_MODEL_EVALUATION_DIR
         store = False
     else:
-        bundle = resolve_bundle(args.model)
-        out = Path(args.out) if args.out else default_evaluation_dir(bundle)
+        bundles = [resolve_bundle(m) for m in args.model]
+        if len(bundles) > 1 and not args.out:
+            raise CLIError("an ensemble (--model given more than once) needs --out DIR for its evaluation", 2)
+        default_out = default_evaluation_dir(bundles[0])
+    bundle = bundles[0]
+    if args.tta > 1:
+        default_out = default_out.with_name(f"{default_out.name}-tta{args.tta}")
+    out = Path(args.out) if args.out else default_out
     df = read_manifest_or_fail(args.manifest)
-    options = _options(args, split=args.split, store_operating_point=store)
+    options = _options(args, split=args.split, store_operating_point=store, tta=args.tta)
     try:
-        result = evaluate(bundle, df, out, args.cache_dir, options, manifest_path=args.manifest)
-    except BundleError as exc:
+        result = evaluate(
+            bundles if len(bundles) > 1 else bundle,
+            df,
+            out,
+            args.cache_dir,
+            options,
+            manifest_path=args.manifest,
+        )
+    except (BundleError, EnsembleError) as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_INPUT) from exc
     for line in summary_lines(result):
         print(line)
+    for note in result.get("notes", []):
+        if note.startswith("predictions are "):
+            print(note)
     print(f"wrote {out / METRICS_FILE}, {out / 'report.md'}, {out / 'report.html'}")
     print(NOT_FOR_CLINICAL_USE)
     return 0
@@ -323,7 +371,9 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="a run folder (with model/) or a bundle folder (default: the shipped model, never modified)",
+        action="append",
+        help="a run folder (with model/) or a bundle folder (default: the shipped model, never modified); "
+        "give it twice or more to evaluate an ensemble (mean probability; needs --out)",
     )
     p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray data build)")
     p.add_argument(
@@ -336,8 +386,10 @@ def _register_evaluate(subparsers) -> None:
         "--out",
         type=Path,
         default=None,
-        help="output folder (default: <run>/evaluation; runs/evaluation-default for the shipped model)",
+        help="output folder (default: <run>/evaluation; runs/evaluation-default for the shipped model; "
+        "-ttaN appended with --tta N)",
     )
+    add_tta_flag(p)
     p.add_argument(
         "--no-store-operating-point",
         action="store_true",

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from covidxray.bundle import BACKENDS, ONNX_FILE
+from covidxray.evaluation.cli import add_tta_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,9 +50,12 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         metavar="RUN",
+        action="append",
         default=None,
-        help="run folder, bundle folder or .onnx file (default: the shipped default model)",
+        help="run folder, bundle folder or .onnx file (default: the shipped default model); "
+        "give it twice or more for an ensemble (mean probability; the first model's operating point decides)",
     )
+    add_tta_flag(p)
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -99,9 +103,12 @@ def _load(args: argparse.Namespace):
     from covidxray.errors import EXIT_MODEL, CLIError
     from covidxray.prediction.predictor import load_predictor
 
-    backend = args.backend or ("onnx" if str(args.model or "").endswith(".onnx") else "torch")
+    models = args.model or [None]
+    backend = args.backend or ("onnx" if str(models[0] or "").endswith(".onnx") else "torch")
     try:
-        return load_predictor(args.model, backend=backend, strict=args.strict)
+        return load_predictor(
+            models if len(models) > 1 else models[0], backend=backend, strict=args.strict, tta=args.tta
+        )
     except ModelLoadError as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
 
@@ -179,7 +186,9 @@ def _predict_one(args: argparse.Namespace) -> int:
     if args.json:
         out = pred.to_dict()
         out.update(
-            model=predictor.backend.version,
+            model=predictor.version,
+            tta=list(predictor.tta_views),
+            ensemble=[m.backend.source for m in predictor.members] if len(predictor.members) > 1 else None,
             decision_rule=predictor.decision_rule(),
             not_for_clinical_use=NOT_FOR_CLINICAL_USE,
         )
@@ -207,7 +216,9 @@ def _report_lines(pred, predictor) -> list[str]:
     else:
         lines.append("label: none")
     lines += [f"warning: {w}" for w in pred.warnings]
-    lines.append(f"model: {predictor.backend.version} ({predictor.backend.name})")
+    lines.append(f"model: {predictor.version} ({predictor.backend.name})")
+    if predictor.options:
+        lines.append(f"averaged: {predictor.options}")
     lines.append(NOT_FOR_CLINICAL_USE)
     return lines
 
@@ -270,6 +281,9 @@ def _predict_many(args: argparse.Namespace) -> int:
         lines.append(f"{len(scan.paths) - len(paths)} images already in {out} were skipped (--resume)")
     lines += scan.lines()
     lines.append(f"decision: {predictor.decision_rule()}")
+    lines.append(f"model: {predictor.version} ({predictor.backend.name})")
+    if predictor.options:
+        lines.append(f"averaged: {predictor.options}")
     if out:
         lines.append(f"wrote {summary.total} rows to {out}" + (" (appended)" if append else ""))
     if interrupted:
