@@ -9,11 +9,12 @@ DATA_ROOT ?= ../shared/data
 setup: $(VENV)/.installed
 
 # torch first, from the CPU build on local disk: installing torch-dependent packages first pulls a CUDA build.
+# The ray extra is installed too, so the tests of --engine ray run on a local Ray instance.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	touch $@
 
 run: setup

@@ -87,3 +87,19 @@ def data_root() -> Path:
     if not (DATA_ROOT / "covid-chestxray-dataset" / "metadata.csv").is_file():
         pytest.skip(f"real data not found at {DATA_ROOT}")
     return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance with 2 CPUs, shared by every test of ``--engine ray`` (it takes seconds to start).
+
+    Ray comes with the ``covidxray[ray]`` extra that ``make setup`` installs; a missing Ray fails these tests.
+    """
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

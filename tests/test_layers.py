@@ -18,6 +18,7 @@ LAYERS = (
         (
             "covidxray.about",
             "covidxray.decision",
+            "covidxray.ensemble",
             "covidxray.errors",
             "covidxray.metrics",
             "covidxray.vocabulary",

@@ -149,7 +149,9 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
                 f"{p_covid} {'≥' if first['decision']['met'] else '<'}"
             )
             expect(card.locator(".why")).to_contain_text("threshold 50.0% of the balanced operating point")
-            expect(page.locator("#model-card")).to_contain_text("Operating point balanced (decides)")
+            expect(page.locator("#model-card")).to_contain_text(
+                "chosen for max min(sensitivity,specificity) — this one decides"
+            )
             expect(card.locator(".bar-row")).to_have_count(3)
             expect(card.locator(".card-notice")).to_be_visible()
             assert card.locator(".preview").evaluate("img => img.complete && img.naturalWidth") > 0

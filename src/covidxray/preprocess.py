@@ -11,6 +11,11 @@ A decoded grayscale image (see :mod:`covidxray.imageio`) goes through two steps:
    ``channels``. Mean/std normalisation happens *inside* the saved network, so a bundle or an ONNX file takes
    [0, 1] images and nothing else has to be remembered.
 
+Test-time augmentation (TTA) lives here too: :meth:`Preprocessing.view_inputs` turns canonical images into the
+model inputs of a fixed, deterministic list of views (:data:`TTA_VIEWS`), and :func:`mean_over_views` averages
+what the model says about them. The predictor (torch and ONNX) and evaluation share both, so a TTA prediction is
+the same whichever path computes it.
+
 The whole definition travels in every saved model (``config.json`` and ONNX metadata) -- never re-typed.
 Only NumPy and Pillow are used here so the ONNX backend runs without torch.
 """
@@ -32,6 +37,60 @@ LungMask = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]  # noqa: UP007
 MIN_LUNG_BOX = 0.2  # a lung box narrower/shorter than this share of the image is not trusted: no crop
 INTENSITY_MODES = ("equalize", "percentile", "minmax", "none")
 CHANNELS = (1, 3)  # grey, or grey repeated for three-channel (ImageNet) backbones
+
+# The test-time views, in the order ``--tta N`` takes them (the first N). Mild on purpose, inside what the
+# ``light`` training augmentation shows a model: zoom +-10 %, a 5 % shift, gamma 0.8 / 1.25. The horizontal flip
+# comes last: the heart sits on the left in nearly every chest X-ray, so a mirrored one is not a real image.
+TTA_VIEWS = (
+    "identity",
+    "zoom_in",  # the central 90 % resized to the full size
+    "gamma_0.8",  # x ** 0.8 (brighter mid-tones)
+    "gamma_1.25",  # x ** 1.25 (darker mid-tones)
+    "zoom_out",  # the image shrunk to 90 %, edges repeated outward
+    "shift_up_left",  # a 95 % crop at the top left resized to the full size
+    "shift_down_right",  # a 95 % crop at the bottom right resized to the full size
+    "hflip",  # mirrored left-right
+)
+MAX_TTA_VIEWS = len(TTA_VIEWS)
+
+
+def tta_views(n: int) -> tuple[str, ...]:
+    """The names of the first ``n`` test-time views (``n == 1``: the identity alone, i.e. no TTA)."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_TTA_VIEWS:
+        raise ValueError(f"the number of TTA views must be an integer from 1 to {MAX_TTA_VIEWS}, got {n!r}")
+    return TTA_VIEWS[:n]
+
+
+def mean_over_views(outputs: np.ndarray, n: int) -> np.ndarray:
+    """Outputs of :meth:`Preprocessing.view_inputs` ((N * n, K), image-major) -> their mean per image (N, K)."""
+    if len(outputs) % n:
+        raise ValueError(f"{len(outputs)} outputs are not a whole number of {n}-view groups")
+    return outputs.reshape(len(outputs) // n, n, *outputs.shape[1:]).mean(axis=1)
+
+
+def _view(img: Image.Image, name: str) -> tuple[Image.Image, float]:
+    """One canonical image (PIL ``L``) -> its geometric view and the gamma to apply after ``to_input``."""
+    s = img.width
+    bilinear = Image.Resampling.BILINEAR
+    if name == "identity":
+        return img, 1.0
+    if name.startswith("gamma_"):
+        return img, float(name.split("_", 1)[1])
+    if name == "hflip":
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 1.0
+    if name == "zoom_in":
+        m = 0.05 * s
+        return img.resize((s, s), bilinear, box=(m, m, s - m, s - m)), 1.0
+    if name == "zoom_out":
+        inner = max(1, round(0.9 * s))
+        small = np.asarray(img.resize((inner, inner), bilinear))
+        lo = (s - inner) // 2
+        return Image.fromarray(np.pad(small, ((lo, s - inner - lo),) * 2, mode="edge")), 1.0
+    if name in ("shift_up_left", "shift_down_right"):
+        c = 0.95 * s
+        box = (0, 0, c, c) if name == "shift_up_left" else (s - c, s - c, s, s)
+        return img.resize((s, s), bilinear, box=box), 1.0
+    raise ValueError(f"unknown TTA view {name!r}; the views are {TTA_VIEWS}")
 
 
 class NewerPreprocessingError(ValueError):
@@ -167,6 +226,22 @@ class Preprocessing:
         if self.channels > 1:
             x = np.repeat(x, self.channels, axis=-3)
         return np.ascontiguousarray(x)
+
+    def view_inputs(self, canonical: np.ndarray, n: int) -> np.ndarray:
+        """Canonical uint8 images (N, S, S) -> model inputs of their first ``n`` TTA views, float32
+        (N * n, C, S, S) in [0, 1], image-major (image 0's views first). ``n == 1`` is :meth:`to_input`."""
+        views = tta_views(n)
+        canonical = np.asarray(canonical)
+        if n == 1:
+            return self.to_input(canonical)
+        out = []
+        for c in canonical:
+            img = Image.fromarray(c, mode="L")
+            for name in views:
+                v, gamma = _view(img, name)
+                x = self.to_input(np.asarray(v, dtype=np.uint8))
+                out.append(np.power(x, gamma, dtype=np.float32) if gamma != 1.0 else x)
+        return np.ascontiguousarray(np.stack(out)) if out else self.to_input(canonical)
 
     def __call__(self, pixels: np.ndarray, lung_mask: LungMask | None = None) -> np.ndarray:
         """Grayscale float image (H, W) -> model input float32 (C, S, S)."""

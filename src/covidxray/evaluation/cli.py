@@ -10,6 +10,7 @@ from pathlib import Path
 
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.errors import EXIT_INPUT, EXIT_MODEL, CLIError
+from covidxray.evaluation.ray_trials import add_engine_arguments
 from covidxray.training.cli import TRAIN_FIELDS, add_train_flags, given_train_options
 from covidxray.vocabulary import EVALUATED_ROWS
 
@@ -99,29 +100,77 @@ def _options(args: argparse.Namespace, **overrides):
 
 
 # -- evaluate ----------------------------------------------------------------------------------------------------
+def tta_views_arg(value: str) -> int:
+    """``--tta N|none`` -> the number of views (``none``: 1, no TTA)."""
+    from covidxray.preprocess import MAX_TTA_VIEWS
+
+    if value.strip().lower() in ("none", "off", "0", "1"):
+        return 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 2 <= n <= MAX_TTA_VIEWS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of views from 2 to {MAX_TTA_VIEWS}, or none; got {value!r}"
+        )
+    return n
+
+
+def add_tta_flag(p: argparse.ArgumentParser) -> None:
+    """``--tta N|none``, shared by ``evaluate`` and ``predict``."""
+    from covidxray.preprocess import TTA_VIEWS
+
+    p.add_argument(
+        "--tta",
+        type=tta_views_arg,
+        default=1,
+        metavar="N|none",
+        help="test-time augmentation: average the probabilities over the first N of the fixed views "
+        f"{', '.join(TTA_VIEWS)} (about N times the time; default: none)",
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from covidxray.bundle import BundleError
+    from covidxray.ensemble import EnsembleError
     from covidxray.evaluation.evaluate import METRICS_FILE, evaluate
     from covidxray.evaluation.terminal_summary import summary_lines
 
     store = not args.no_store_operating_point
     if args.model is None:  # the shipped model: evaluate it, never rewrite it
-        bundle = resolve_bundle(None)
-        out = Path(args.out) if args.out else DEFAULT_MODEL_EVALUATION_DIR
+        bundles = [resolve_bundle(None)]
+        default_out = DEFAULT_MODEL_EVALUATION_DIR
         store = False
     else:
-        bundle = resolve_bundle(args.model)
-        out = Path(args.out) if args.out else default_evaluation_dir(bundle)
+        bundles = [resolve_bundle(m) for m in args.model]
+        if len(bundles) > 1 and not args.out:
+            raise CLIError("an ensemble (--model given more than once) needs --out DIR for its evaluation", 2)
+        default_out = default_evaluation_dir(bundles[0])
+    bundle = bundles[0]
+    if args.tta > 1:
+        default_out = default_out.with_name(f"{default_out.name}-tta{args.tta}")
+    out = Path(args.out) if args.out else default_out
     df = read_manifest_or_fail(args.manifest)
-    options = _options(args, split=args.split, store_operating_point=store)
+    options = _options(args, split=args.split, store_operating_point=store, tta=args.tta)
     try:
-        result = evaluate(bundle, df, out, args.cache_dir, options, manifest_path=args.manifest)
-    except BundleError as exc:
+        result = evaluate(
+            bundles if len(bundles) > 1 else bundle,
+            df,
+            out,
+            args.cache_dir,
+            options,
+            manifest_path=args.manifest,
+        )
+    except (BundleError, EnsembleError) as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
     except ValueError as exc:
         raise CLIError(str(exc), EXIT_INPUT) from exc
     for line in summary_lines(result):
         print(line)
+    for note in result.get("notes", []):
+        if note.startswith("predictions are "):
+            print(note)
     print(f"wrote {out / METRICS_FILE}, {out / 'report.md'}, {out / 'report.html'}")
     print(NOT_FOR_CLINICAL_USE)
     return 0
@@ -155,6 +204,7 @@ def _crossval(args: argparse.Namespace) -> int:
     import sys
 
     from covidxray.evaluation.crossval import RESULT_FILE, crossval
+    from covidxray.evaluation.ray_trials import runner_from_args
 
     df = read_manifest_or_fail(args.manifest)
     known = sorted(set(df["source"].astype(str)))
@@ -180,6 +230,7 @@ def _crossval(args: argparse.Namespace) -> int:
     if args.config and not args.config.is_file():
         raise CLIError(f"config file {args.config} not found", EXIT_INPUT)
     try:
+        runner = runner_from_args(args, describe=lambda kw: f"fold holding out {kw['source']}")
         result = crossval(
             args.manifest,
             args.model,
@@ -190,6 +241,7 @@ def _crossval(args: argparse.Namespace) -> int:
             args.cache_dir,
             retrain=args.retrain,
             command=command,
+            runner=runner,
         )
     except ConfigError as exc:
         raise CLIError(str(exc), 2) from exc
@@ -224,8 +276,13 @@ def _compare(args: argparse.Namespace) -> int:
     options = _options(args, split=args.split) if args.manifest else None
     if args.manifest and not args.manifest.is_file():
         raise CLIError(f"{args.manifest}: manifest not found", EXIT_INPUT)
+    from covidxray.evaluation.ray_trials import runner_from_args
+
     try:
-        result = compare(bundles, args.out, evaluations, args.manifest, args.cache_dir, options)
+        runner = runner_from_args(args, describe=lambda kw: f"evaluation of {kw['bundle']}")
+        result = compare(
+            bundles, args.out, evaluations, args.manifest, args.cache_dir, options, runner=runner
+        )
     except BundleError as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
     except ValueError as exc:
@@ -269,6 +326,7 @@ def _register_crossval(subparsers) -> None:
     )
     add_train_flags(p, CROSSVAL_TRAIN_FIELDS, "train_", CROSSVAL_FLAG_NAMES)
     _add_evaluation_options(p)
+    add_engine_arguments(p, "folds")
     p.set_defaults(func=_crossval)
 
 
@@ -294,6 +352,7 @@ def _register_compare(subparsers) -> None:
         help="split to evaluate missing runs on (default: %(default)s)",
     )
     _add_evaluation_options(p)
+    add_engine_arguments(p, "evaluations of runs that lack one")
     p.set_defaults(func=_compare)
 
 
@@ -312,7 +371,9 @@ def _register_evaluate(subparsers) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="a run folder (with model/) or a bundle folder (default: the shipped model, never modified)",
+        action="append",
+        help="a run folder (with model/) or a bundle folder (default: the shipped model, never modified); "
+        "give it twice or more to evaluate an ensemble (mean probability; needs --out)",
     )
     p.add_argument("--manifest", required=True, type=Path, help="manifest CSV (covidxray data build)")
     p.add_argument(
@@ -325,8 +386,10 @@ def _register_evaluate(subparsers) -> None:
         "--out",
         type=Path,
         default=None,
-        help="output folder (default: <run>/evaluation; runs/evaluation-default for the shipped model)",
+        help="output folder (default: <run>/evaluation; runs/evaluation-default for the shipped model; "
+        "-ttaN appended with --tta N)",
     )
+    add_tta_flag(p)
     p.add_argument(
         "--no-store-operating-point",
         action="store_true",

@@ -9,12 +9,14 @@ evaluated data: the report warns when the runs were evaluated on different manif
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from covidxray.evaluation.document import Report, fmt
 from covidxray.evaluation.metrics import CLASS_METRICS
 from covidxray.evaluation.metrics_report import METRIC_NAMES, cell
+from covidxray.evaluation.ray_trials import run_locally
 
 RESULT_FILE = "comparison.json"
 METRICS_FILE = "metrics.json"
@@ -210,6 +212,17 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {s:02d} s" if minutes else f"{s} s"
 
 
+def evaluate_run(
+    bundle: Path, eval_dir: Path, manifest: str | Path, cache_dir: str | Path, options=None
+) -> str:
+    """Evaluate one run for the comparison (writes ``eval_dir/metrics.json``); a trial of its own."""
+    from covidxray.data.manifest import read_manifest
+    from covidxray.evaluation.evaluate import evaluate
+
+    evaluate(bundle, read_manifest(manifest), eval_dir, cache_dir, options, manifest_path=manifest)
+    return str(eval_dir / METRICS_FILE)
+
+
 def compare(
     bundles: list[Path],
     out_dir: str | Path,
@@ -218,24 +231,40 @@ def compare(
     cache_dir: str | Path = "runs/cache",
     options=None,
     batch_size: int = 16,
+    runner: Callable[[Callable[..., str], list[dict[str, Any]]], list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Compare the bundles; ``evaluations[i]`` is bundle i's evaluation folder (evaluated there when empty)."""
+    """Compare the bundles; ``evaluations[i]`` is bundle i's evaluation folder (evaluated there when empty).
+
+    ``runner`` runs the missing evaluations (:func:`evaluate_run` calls): one after the other here by default,
+    or as Ray tasks (:func:`covidxray.evaluation.ray_trials.ray_runner`). Inference speed is always timed here,
+    one model after the other, so the images/s column stays comparable.
+    """
     import torch
 
     from covidxray.bundle import load_bundle
     from covidxray.evaluation.inference import images_per_second
 
+    missing = []
+    for bundle, eval_dir in zip(bundles, evaluations, strict=True):
+        if not (eval_dir / METRICS_FILE).is_file():
+            if manifest is None:
+                raise ValueError(
+                    f"{bundle}: no evaluation at {eval_dir / METRICS_FILE}; give --manifest to evaluate it"
+                )
+            missing.append(
+                {
+                    "bundle": bundle,
+                    "eval_dir": eval_dir,
+                    "manifest": manifest,
+                    "cache_dir": cache_dir,
+                    "options": options,
+                }
+            )
+    if missing:
+        (runner or run_locally)(evaluate_run, missing)
     runs = []
     for bundle, eval_dir in zip(bundles, evaluations, strict=True):
-        metrics_path = eval_dir / METRICS_FILE
-        if not metrics_path.is_file():
-            if manifest is None:
-                raise ValueError(f"{bundle}: no evaluation at {metrics_path}; give --manifest to evaluate it")
-            from covidxray.data.manifest import read_manifest
-            from covidxray.evaluation.evaluate import evaluate
-
-            evaluate(bundle, read_manifest(manifest), eval_dir, cache_dir, options, manifest_path=manifest)
-        metrics = json.loads(metrics_path.read_text())
+        metrics = json.loads((eval_dir / METRICS_FILE).read_text())
         loaded = load_bundle(bundle)
         speed = images_per_second(loaded.model, loaded.config.preprocessing, batch_size=batch_size)
         runs.append(run_facts(bundle, metrics, speed))

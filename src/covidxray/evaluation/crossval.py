@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,6 +161,43 @@ def evaluate_fold(
     return in_m, out_m
 
 
+def run_fold(
+    manifest: str | Path,
+    model: str,
+    source: str,
+    out_dir: str | Path,
+    train_options: dict[str, Any] | None = None,
+    options: EvaluationOptions | None = None,
+    cache_dir: str | Path = "runs/cache",
+    retrain: bool = False,
+    manifest_df: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """One fold: train ``model`` without ``source`` (unless its run exists and not ``retrain``), evaluate it in
+    and out of source; returns the fold's row of the table. A trial of its own (``crossval --engine ray``)."""
+    from covidxray.data.manifest import read_manifest
+    from covidxray.training.config import TrainConfig
+    from covidxray.training.trainer import train
+
+    df = manifest_df if manifest_df is not None else read_manifest(manifest)
+    run_dir = fold_dir(out_dir, source)
+    if retrain or not ((run_dir / "run.json").is_file() and (run_dir / "model" / "config.json").is_file()):
+        cfg = TrainConfig(
+            manifest=str(manifest),
+            model=model,
+            out=str(run_dir),
+            holdout_source=source,
+            cache_dir=str(cache_dir),
+            **(train_options or {}),
+        )
+        run_dir = Path(train(cfg, manifest_df=df))
+    in_m, out_m = evaluate_fold(
+        run_dir / "model", df, source, run_dir, cache_dir, options or EvaluationOptions()
+    )
+    fold = fold_summary(source, in_m, out_m)
+    fold["run_dir"] = str(run_dir)
+    return fold
+
+
 def crossval(
     manifest: str | Path,
     model: str,
@@ -171,15 +208,17 @@ def crossval(
     cache_dir: str | Path = "runs/cache",
     retrain: bool = False,
     command: str = "",
+    runner: Callable[[Callable[..., dict[str, Any]], list[dict[str, Any]]], list[dict[str, Any]]]
+    | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one fold per held-out source; write ``crossval.json``, ``.md`` and ``.html``.
 
     ``train_options`` are :class:`covidxray.training.config.TrainConfig` fields (epochs, image_size, ...). A fold
-    whose run folder already holds ``run.json`` and a bundle is reused unless ``retrain``.
+    whose run folder already holds ``run.json`` and a bundle is reused unless ``retrain``. ``runner`` runs the
+    folds (:func:`run_fold` calls): one after the other here by default, or as Ray tasks
+    (:func:`covidxray.evaluation.ray_trials.ray_runner`); the outputs are the same.
     """
     from covidxray.data.manifest import read_manifest
-    from covidxray.training.config import TrainConfig
-    from covidxray.training.trainer import train
 
     o = options or EvaluationOptions()
     df = read_manifest(manifest)
@@ -188,25 +227,23 @@ def crossval(
     if unknown:
         raise ValueError(f"source(s) {unknown} not in the manifest; its sources are {known}")
     out = Path(out_dir)
-    folds = []
-    for source in sources:
-        run_dir = fold_dir(out, source)
-        if retrain or not (
-            (run_dir / "run.json").is_file() and (run_dir / "model" / "config.json").is_file()
-        ):
-            cfg = TrainConfig(
-                manifest=str(manifest),
-                model=model,
-                out=str(run_dir),
-                holdout_source=source,
-                cache_dir=str(cache_dir),
-                **(train_options or {}),
-            )
-            run_dir = Path(train(cfg, manifest_df=df))
-        in_m, out_m = evaluate_fold(run_dir / "model", df, source, run_dir, cache_dir, o)
-        fold = fold_summary(source, in_m, out_m)
-        fold["run_dir"] = str(run_dir)
-        folds.append(fold)
+    calls = [
+        {
+            "manifest": manifest,
+            "model": model,
+            "source": source,
+            "out_dir": out,
+            "train_options": train_options,
+            "options": o,
+            "cache_dir": cache_dir,
+            "retrain": retrain,
+        }
+        for source in sources
+    ]
+    if runner is None:
+        folds = [run_fold(**call, manifest_df=df) for call in calls]
+    else:
+        folds = runner(run_fold, calls)
     result = {
         "model": model,
         "manifest": str(Path(manifest).resolve()),

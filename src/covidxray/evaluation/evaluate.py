@@ -4,6 +4,10 @@
 runs the bundle over the evaluated rows and the validation rows, builds the metrics dictionary
 (:mod:`.metrics_json`), chooses the COVID operating point on validation data, stores it in the bundle, and writes the
 three files.
+
+Test-time augmentation (``options.tta``) and small ensembles (a list of bundles, probabilities averaged by
+:mod:`covidxray.ensemble`) are evaluated the way the predictor computes them, so their effect can be measured. Their
+operating point is reported but never stored: it belongs to the averaged probabilities, not to one bundle.
 """
 
 from __future__ import annotations
@@ -145,7 +149,7 @@ class _Rows:
 
 
 def evaluate(
-    bundle_path: str | Path,
+    bundle_path: str | Path | list[str | Path],
     manifest_df: pd.DataFrame,
     out_dir: str | Path,
     cache_dir: str | Path = "runs/cache",
@@ -160,26 +164,37 @@ def evaluate(
     sources. The operating point is chosen on ``val_rows`` (default: the ``options.val_split`` rows), applied to
     the evaluated rows, and stored in the bundle's ``config.json`` unless ``options.store_operating_point`` is
     False. Images come from the cache of the whole manifest. Returns the metrics dictionary (``metrics.json``).
+
+    A list of bundle paths evaluates their ensemble (they must predict the same classes, else
+    :class:`covidxray.ensemble.EnsembleError`); ``options.tta > 1`` averages over test-time views.
     """
     from covidxray.bundle import load_bundle, set_operating_points
-    from covidxray.evaluation.inference import run_inference
+    from covidxray.ensemble import average_probabilities, class_columns
+    from covidxray.evaluation.inference import InferenceResult, run_inference
     from covidxray.evaluation.metrics_report import evaluation_report
+    from covidxray.preprocess import tta_views
 
     o = options or EvaluationOptions()
     if not manifest_df.index.is_unique:
         raise ValueError("the manifest DataFrame's index must be unique (read it with read_manifest)")
-    bundle = load_bundle(bundle_path)
+    views = tta_views(o.tta)
+    members = [
+        load_bundle(p) for p in (bundle_path if isinstance(bundle_path, list | tuple) else [bundle_path])
+    ]
+    bundle = members[0]
     classes = list(bundle.config.classes)
+    columns = [class_columns(classes, list(m.config.classes), str(m.path)) for m in members]
+    averaged = len(members) > 1 or len(views) > 1
     selected = manifest_df if rows is None else manifest_df[rows.reindex(manifest_df.index, fill_value=False)]
     test_df, dropped = task_rows(selected, classes, o.split)
     if test_df.empty:
         raise ValueError(f"the manifest has no rows labelled {', '.join(classes)} in split '{o.split}'")
 
     def infer(df: pd.DataFrame, features: bool = False):
-        run = run_inference(
-            bundle, manifest_df, cache_dir, o.batch_size, manifest_df.index.get_indexer(df.index)
-        )
-        return run if features else run.probabilities
+        rows = manifest_df.index.get_indexer(df.index)
+        runs = [run_inference(m, manifest_df, cache_dir, o.batch_size, rows, len(views)) for m in members]
+        probs = average_probabilities([r.probabilities for r in runs], columns)
+        return InferenceResult(probs, runs[0].features, classes) if features else probs
 
     test_run = infer(test_df, features=True)
     test = _arrays(test_df, test_run.probabilities)
@@ -217,6 +232,10 @@ def evaluate(
     ops = operating_points_section(bundle.config, classes, test, None if kept else val, op, o)
     if kept:
         ops["kept"] = kept
+    elif op is not None and averaged:
+        section["not_stored"] = ops["not_stored"] = (
+            "chosen on averaged (TTA / ensemble) probabilities, which no single bundle gives"
+        )
     elif op is not None and o.store_operating_point:
         set_operating_points(bundle.path, ops["chosen"], ops["decision"])
         section["stored_in_bundle"] = ops["stored_in_bundle"] = str(bundle.path)
@@ -224,12 +243,23 @@ def evaluate(
     result["operating_point"] = section
     result["model"] = {
         "bundle": str(Path(bundle.path).resolve()),
-        "architecture": bundle.config.architecture,
+        "architecture": "+".join(m.config.architecture for m in members),
         "architecture_kwargs": bundle.config.architecture_kwargs,
         "classes": classes,
-        "parameters": int(sum(p.numel() for p in bundle.model.parameters())),
+        "parameters": int(sum(p.numel() for m in members for p in m.model.parameters())),
         "preprocessing": bundle.config.preprocessing.to_dict(),
+        "tta": list(views),
+        "ensemble": [str(Path(m.path).resolve()) for m in members] if len(members) > 1 else None,
     }
+    if averaged:
+        how = []
+        if len(members) > 1:
+            how.append(
+                f"the mean probability of {len(members)} models ({', '.join(str(m.path) for m in members)})"
+            )
+        if len(views) > 1:
+            how.append(f"test-time augmentation over {len(views)} views ({', '.join(views)})")
+        result.setdefault("notes", []).append("predictions are " + " with ".join(how))
     if manifest_path is not None:
         result["data"]["manifest"] = str(Path(manifest_path).resolve())
     if manifest_df.attrs.get("manifest_sha1"):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from covidxray.preprocess import Preprocessing
+from covidxray.preprocess import Preprocessing, mean_over_views
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,10 +38,13 @@ def predict_canonical(
     classes: list[str],
     batch_size: int = DEFAULT_BATCH_SIZE,
     rows: np.ndarray | None = None,
+    views: int = 1,
 ) -> InferenceResult:
     """Probabilities and features of canonical uint8 images (N, S, S) (the cache's format).
 
     ``rows`` (positions into ``images``) selects and orders the images; a memory map is read batch by batch.
+    ``views > 1``: test-time augmentation, the mean probability over the first ``views`` views of
+    :meth:`Preprocessing.view_inputs` (the predictor's TTA); the features stay the identity view's.
     """
     import torch
 
@@ -50,10 +53,11 @@ def predict_canonical(
     probs, feats = [], []
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
-            x = torch.from_numpy(preprocessing.to_input(np.asarray(images[rows[start : start + batch_size]])))
+            canonical = np.asarray(images[rows[start : start + batch_size]])
+            x = torch.from_numpy(preprocessing.view_inputs(canonical, views))
             p, f = model.probabilities_and_features(x)
-            probs.append(p.double().numpy())
-            feats.append(f.flatten(1).float().numpy())
+            probs.append(mean_over_views(p.double().numpy(), views))
+            feats.append(f.flatten(1).float().numpy()[::views])
     k = len(classes)
     if not probs:
         return InferenceResult(np.zeros((0, k)), np.zeros((0, 0), np.float32), list(classes))
@@ -75,11 +79,13 @@ def run_inference(
     cache_dir: str | Path,
     batch_size: int = DEFAULT_BATCH_SIZE,
     rows: np.ndarray | None = None,
+    views: int = 1,
 ) -> InferenceResult:
-    """Probabilities and features for the manifest rows at positions ``rows`` (default: all, in order)."""
+    """Probabilities and features for the manifest rows at positions ``rows`` (default: all, in order);
+    ``views > 1`` averages over that many test-time views (:func:`predict_canonical`)."""
     p = bundle.config.preprocessing
     images = manifest_images(manifest_df, p, cache_dir)
-    return predict_canonical(bundle.model, images, p, bundle.config.classes, batch_size, rows)
+    return predict_canonical(bundle.model, images, p, bundle.config.classes, batch_size, rows, views)
 
 
 def images_per_second(

@@ -49,6 +49,7 @@ class EvaluationOptions:
     probe: bool = True
     probe_folds: int = 5
     batch_size: int = 32
+    tta: int = 1  # test-time views averaged (1: none); see covidxray.preprocess.TTA_VIEWS
     lung_attention: int = 300  # images sampled for the in-lung Grad-CAM share (0: skip)
 
 

@@ -334,3 +334,16 @@ def stream_rows(
         writer.write(pred)
         summary.add(pred)
         yield pred
+
+
+def manifest_image_paths(manifest: str | os.PathLike, split: str | None = None) -> list[str]:
+    """The image paths of a manifest's rows (``root/path``; the root may be a URI), in manifest order."""
+    from covidxray.data.manifest import read_manifest
+
+    df = read_manifest(manifest)
+    if split and split != "all":
+        df = df[df["split"].astype(str) == split]
+    root = str(df.attrs["root"])
+    if "://" in root:
+        return [root.rstrip("/") + "/" + str(p) for p in df["path"]]
+    return [str(Path(root) / str(p)) for p in df["path"]]

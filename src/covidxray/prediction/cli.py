@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from covidxray.bundle import BACKENDS, ONNX_FILE
+from covidxray.evaluation.cli import add_tta_flag
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,30 +39,42 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--image", metavar="PATH", help="one image file")
-    what.add_argument("--images", metavar="DIR|GLOB", help="a folder (searched recursively) or a quoted glob")
+    what.add_argument(
+        "--images",
+        metavar="DIR|GLOB",
+        help="a folder (searched recursively) or a quoted glob; with --engine ray also a URI (s3://..., file://...)",
+    )
+    what.add_argument(
+        "--manifest", metavar="M", type=Path, help="every image of a manifest CSV (covidxray data build)"
+    )
     p.add_argument(
         "--model",
         metavar="RUN",
+        action="append",
         default=None,
-        help="run folder, bundle folder or .onnx file (default: the shipped default model)",
+        help="run folder, bundle folder or .onnx file (default: the shipped default model); "
+        "give it twice or more for an ensemble (mean probability; the first model's operating point decides)",
     )
+    add_tta_flag(p)
     p.add_argument(
         "--backend",
         choices=BACKENDS,
         default=None,
-        help="inference backend (default: onnx for a .onnx --model, else torch)",
+        help="inference backend (default: onnx for a .onnx --model or --engine ray, else torch)",
     )
     p.add_argument(
         "--out",
         type=Path,
         default=None,
         metavar="FILE",
-        help="with --images: write rows to FILE (.csv or .jsonl; default: CSV on stdout)",
+        help="with --images: write rows to FILE (.csv or .jsonl; default: CSV on stdout); with --engine ray, "
+        "a name without .csv/.jsonl is a folder of Parquet shards",
     )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="with --out: append to FILE, skipping images whose path is already in it (after an interruption)",
+        help="with --out: append to FILE, skipping images whose path is already in it (after an interruption); "
+        "with --engine ray: keep the Parquet shards an interrupted run wrote, predict the rest",
     )
     p.add_argument("--overwrite", action="store_true", help="with --out: replace an existing FILE")
     p.add_argument("--json", action="store_true", help="with --image: print the result as JSON")
@@ -79,6 +92,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for --images")
+    from covidxray.prediction.ray_cli import add_engine_arguments
+
+    add_engine_arguments(p)
     p.set_defaults(func=run_predict)
 
 
@@ -87,9 +103,12 @@ def _load(args: argparse.Namespace):
     from covidxray.errors import EXIT_MODEL, CLIError
     from covidxray.prediction.predictor import load_predictor
 
-    backend = args.backend or ("onnx" if str(args.model or "").endswith(".onnx") else "torch")
+    models = args.model or [None]
+    backend = args.backend or ("onnx" if str(models[0] or "").endswith(".onnx") else "torch")
     try:
-        return load_predictor(args.model, backend=backend, strict=args.strict)
+        return load_predictor(
+            models if len(models) > 1 else models[0], backend=backend, strict=args.strict, tta=args.tta
+        )
     except ModelLoadError as exc:
         raise CLIError(str(exc), EXIT_MODEL) from exc
 
@@ -105,12 +124,19 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CLIError("--json goes with --image; for --images write --out preds.jsonl", EXIT_USAGE)
     if args.explain and args.backend == "onnx":
         raise CLIError("--explain (Grad-CAM) needs the torch backend: drop --backend onnx", EXIT_USAGE)
+    if args.engine != "local" and not (args.images or args.manifest):
+        raise CLIError(f"--engine {args.engine} goes with --images or --manifest", EXIT_USAGE)
+    if args.manifest and args.engine == "local":
+        raise CLIError(
+            "--manifest goes with --engine ray; locally, pass the folder with --images", EXIT_USAGE
+        )
     if (args.resume or args.overwrite) and not args.out:
         raise CLIError("--resume and --overwrite go with --out FILE", EXIT_USAGE)
     if args.resume and args.overwrite:
         raise CLIError("--resume continues FILE, --overwrite replaces it: pass one of them", EXIT_USAGE)
-    _check_outputs(args)
-    if args.images:
+    if args.engine == "local":
+        _check_outputs(args)
+    if args.images or args.manifest:
         return _predict_many(args)
     return _predict_one(args)
 
@@ -160,7 +186,9 @@ def _predict_one(args: argparse.Namespace) -> int:
     if args.json:
         out = pred.to_dict()
         out.update(
-            model=predictor.backend.version,
+            model=predictor.version,
+            tta=list(predictor.tta_views),
+            ensemble=[m.backend.source for m in predictor.members] if len(predictor.members) > 1 else None,
             decision_rule=predictor.decision_rule(),
             not_for_clinical_use=NOT_FOR_CLINICAL_USE,
         )
@@ -188,7 +216,9 @@ def _report_lines(pred, predictor) -> list[str]:
     else:
         lines.append("label: none")
     lines += [f"warning: {w}" for w in pred.warnings]
-    lines.append(f"model: {predictor.backend.version} ({predictor.backend.name})")
+    lines.append(f"model: {predictor.version} ({predictor.backend.name})")
+    if predictor.options:
+        lines.append(f"averaged: {predictor.options}")
     lines.append(NOT_FOR_CLINICAL_USE)
     return lines
 
@@ -206,6 +236,10 @@ def _predict_many(args: argparse.Namespace) -> int:
         stream_rows,
     )
 
+    if args.engine == "ray":
+        from covidxray.prediction.ray_cli import run_predict_ray
+
+        return run_predict_ray(args, _input_paths(args))
     try:
         scan = scan_images(args.images)
     except ImageLoadError as exc:
@@ -247,6 +281,9 @@ def _predict_many(args: argparse.Namespace) -> int:
         lines.append(f"{len(scan.paths) - len(paths)} images already in {out} were skipped (--resume)")
     lines += scan.lines()
     lines.append(f"decision: {predictor.decision_rule()}")
+    lines.append(f"model: {predictor.version} ({predictor.backend.name})")
+    if predictor.options:
+        lines.append(f"averaged: {predictor.options}")
     if out:
         lines.append(f"wrote {summary.total} rows to {out}" + (" (appended)" if append else ""))
     if interrupted:
@@ -262,6 +299,35 @@ def _predict_many(args: argparse.Namespace) -> int:
     if summary.predicted == 0 and summary.refused == 0 and (summary.total or not done):
         raise CLIError(f"none of the {summary.total} images could be read", EXIT_INPUT)
     return 0
+
+
+def _input_paths(args: argparse.Namespace) -> list[str]:
+    """The images of --images (folder, glob, or with --engine ray a URI) or of --manifest, in order."""
+    from covidxray.errors import EXIT_INPUT, EXIT_USAGE, CLIError
+    from covidxray.imageio import ImageLoadError
+    from covidxray.prediction.batch import find_images
+
+    try:
+        if args.manifest:
+            if not args.manifest.is_file():
+                raise CLIError(
+                    f"{args.manifest}: manifest not found; build one with 'covidxray data build'", EXIT_INPUT
+                )
+            from covidxray.prediction.batch import manifest_image_paths
+
+            try:
+                return manifest_image_paths(args.manifest)
+            except (OSError, ValueError, KeyError) as exc:
+                raise CLIError(f"{args.manifest}: cannot read the manifest ({exc})", EXIT_INPUT) from exc
+        if "://" in args.images:
+            if args.engine != "ray":
+                raise CLIError(f"{args.images}: URIs are read with --engine ray", EXIT_USAGE)
+            from covidxray.prediction.ray_engine import list_uri_images
+
+            return list_uri_images(args.images)
+        return find_images(args.images)
+    except ImageLoadError as exc:
+        raise CLIError(str(exc), EXIT_INPUT) from exc
 
 
 def _progress(items, total: int, disable: bool):

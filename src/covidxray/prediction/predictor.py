@@ -15,11 +15,24 @@ the label is that point's class whenever its probability is ``>= t``; otherwise 
 *other* classes. ``Prediction.decision`` says which point decided, its threshold, the probability compared with it
 and why in words; ``Prediction.covid_threshold`` holds ``t`` (None when the plain argmax was used). The
 probabilities themselves are never changed. The rule itself lives in :mod:`covidxray.decision`.
+
+Two options trade time for steadier probabilities (their cost and effect: ``benchmarks/bench_tta.py``):
+
+* ``tta=N``: test-time augmentation, the mean probability over the first N fixed views of
+  :data:`covidxray.preprocess.TTA_VIEWS` (identity, zoom, gamma, shifts, flip), made by the bundle's own
+  :class:`~covidxray.preprocess.Preprocessing`; about N times the model's cost;
+* an ensemble (``load_predictor([a, b, ...])``): the mean probability of several bundles that predict the same
+  classes (:mod:`covidxray.ensemble`), each preprocessing with its own definition. The first member's operating
+  points and decision decide (``operating_point_from`` picks another member), its features feed the input
+  guard and its network draws the Grad-CAM.
+
+For ``lungcrop`` models the lung mask is computed once per image; the TTA views are made from the cropped
+canonical image, and every view and member goes through the same decision (:meth:`Predictor.decide`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +42,12 @@ import numpy as np
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.bundle import ModelLoadError, resolve_model_path
 from covidxray.decision import read_operating_points, rule_in_words
+from covidxray.ensemble import EnsembleError, average_probabilities, class_columns
 from covidxray.imageio import ImageLoadError, LoadedImage
 from covidxray.prediction.backend import Backend, Decision, decide
 from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
-from covidxray.preprocess import NewerPreprocessingError, Preprocessing
+from covidxray.preprocess import NewerPreprocessingError, Preprocessing, mean_over_views, tta_views
 from covidxray.segmentation.segmenter import default_segmenter_facts
 
 DEFAULT_BATCH_SIZE = 32
@@ -84,28 +98,92 @@ class Explanation:
     lung_share: float | None
 
 
+@dataclass(frozen=True)
+class Member:
+    """One model of a predictor: its backend, its own preprocessing, and the columns that put its
+    probabilities in the predictor's class order."""
+
+    backend: Backend
+    preprocessing: Preprocessing
+    columns: np.ndarray
+
+
 class Predictor:
     """A loaded model ready to predict; build it with :func:`load_predictor` (or ``covidxray.load_model``).
 
-    ``strict=True`` refuses images the input guard flags (their ``error_reason`` is ``"refused"``).
-    ``lung_check=True`` segments the lung fields (shipped segmenter, ONNX) for the guard's lung-field check;
-    models with ``resize: lungcrop`` always segment, to crop.
+    ``backend`` is one backend or a sequence of them (an ensemble: probabilities averaged; the first member's
+    classes, guard and features lead; ``operating_point_from`` is the member whose stored operating points and
+    decision decide). ``tta`` is the number of test-time views averaged (1 or None: none). ``strict=True`` refuses
+    images the input guard flags (their ``error_reason`` is ``"refused"``). ``lung_check=True`` segments the lung
+    fields (shipped segmenter, ONNX) for the guard's lung-field check; models with ``resize: lungcrop`` always
+    segment, to crop (once per image, shared by the TTA views and the ensemble's members).
     """
 
-    def __init__(self, backend: Backend, strict: bool = False, lung_check: bool = True):
-        self.backend = backend
-        self.config = backend.config
+    def __init__(
+        self,
+        backend: Backend | Sequence[Backend],
+        strict: bool = False,
+        tta: int | None = None,
+        operating_point_from: int = 0,
+        lung_check: bool = True,
+    ):
+        backends = list(backend) if isinstance(backend, list | tuple) else [backend]
+        if not backends:
+            raise EnsembleError("an ensemble needs at least one model")
+        self.backend = backends[0]
+        self.config = self.backend.config
         self.classes: list[str] = list(self.config["classes"])
-        self.preprocessing = Preprocessing.from_dict(self.config["preprocessing"])
-        self.operating_points, self.decision = read_operating_points(self.config)
+        self.members = [
+            Member(
+                b,
+                Preprocessing.from_dict(b.config["preprocessing"]),
+                class_columns(self.classes, list(b.config["classes"]), b.source),
+            )
+            for b in backends
+        ]
+        self.preprocessing = self.members[0].preprocessing
+        if not 0 <= operating_point_from < len(backends):
+            raise EnsembleError(
+                f"operating_point_from={operating_point_from}: the ensemble has {len(backends)} model(s)"
+            )
+        self.operating_points, self.decision = read_operating_points(backends[operating_point_from].config)
         self.operating_point: dict[str, Any] | None = (
             self.operating_points.get(self.decision) if self.decision else None
         )  # the deciding point
+        self.operating_point_from = operating_point_from
+        self.tta_views = tta_views(1 if tta is None else tta)
         self.guard = InputGuard.from_config(self.config.get("guard"))
         self.strict = strict
         self.lung_check = lung_check
         self._segmenter = None
         self._explainer = None
+
+    @property
+    def version(self) -> str:
+        """The model's version; an ensemble's is its members' joined by ``+``."""
+        return "+".join(m.backend.version for m in self.members)
+
+    @property
+    def options(self) -> str:
+        """What the predictor averages, in words: ``""`` for one model without TTA."""
+        parts = []
+        if len(self.members) > 1:
+            parts.append(f"ensemble of {len(self.members)} models (mean probability)")
+        if len(self.tta_views) > 1:
+            parts.append(f"TTA over {len(self.tta_views)} views ({', '.join(self.tta_views)})")
+        return "; ".join(parts)
+
+    def probabilities(self, canonical: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each member's canonical images (N, S_m, S_m) -> the combined probabilities (N, K) and the first
+        member's features of the identity view (N, F) or None."""
+        n = len(self.tta_views)
+        probs, feats = [], None
+        for k, (m, c) in enumerate(zip(self.members, canonical, strict=True)):
+            p, f = m.backend.run(m.preprocessing.view_inputs(c, n))
+            probs.append(mean_over_views(np.asarray(p), n))
+            if k == 0 and f is not None:
+                feats = np.asarray(f)[::n]
+        return average_probabilities(probs, [m.columns for m in self.members]), feats
 
     # -- prediction -----------------------------------------------------------------------------------------
     def predict(self, image: ImageInput) -> Prediction:
@@ -147,27 +225,35 @@ class Predictor:
                 results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
         lungs = self.segment_lungs([img for _, img in loaded])
         kept: list[tuple[int, LoadedImage, Any]] = []
-        canon: list[np.ndarray] = []
+        canon: list[list[np.ndarray]] = [[] for _ in self.members]
         for (i, img), seg in zip(loaded, lungs, strict=True):
-            try:
-                canon.append(self.preprocessing.canonical(img.pixels, seg.mask if seg is not None else None))
+            mask = seg.mask if seg is not None else None
+            try:  # the lung mask is computed once per image; every member crops with it
+                c = [m.preprocessing.canonical(img.pixels, mask) for m in self.members]
             except Exception as exc:  # noqa: BLE001 - one bad image must not stop a batch
                 name = describe(items[i])
                 results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
                 continue
             kept.append((i, img, seg))
+            for k, ck in enumerate(c):
+                canon[k].append(ck)
         if kept:
-            probs, feats = self.backend.run(self.preprocessing.to_input(np.stack(canon)))
+            probs, feats = self.probabilities([np.stack(ck) for ck in canon])
             for j, (i, img, seg) in enumerate(kept):
                 facts = seg.facts if seg is not None else None
                 warnings = self.guard.check(img, feats[j] if feats is not None else None, facts)
                 results[i] = self._result(describe(items[i]), probs[j], warnings, facts)
         return [r for r in results if r is not None]
 
+    @property
+    def needs_lungs(self) -> bool:
+        """True when a member crops to the lungs (``resize: lungcrop``)."""
+        return any(m.preprocessing.needs_lungs for m in self.members)
+
     def segment_lungs(self, images: list[LoadedImage], always: bool = False) -> list[Any]:
         """Lung segmentations (:class:`covidxray.segmentation.LungSegmentation`) of decoded images, or Nones
         when lung fields are not used (not ``always``, no ``lungcrop`` and ``lung_check=False``)."""
-        if not images or not (always or self.lung_check or self.preprocessing.needs_lungs):
+        if not images or not (always or self.lung_check or self.needs_lungs):
             return [None] * len(images)
         if self._segmenter is None:
             from covidxray.segmentation.segmenter import default_segmenter
@@ -207,7 +293,10 @@ class Predictor:
     def explain(self, image: ImageInput) -> bytes:
         """A Grad-CAM overlay PNG for one image (torch backend): the image, the heatmap of the predicted class,
         the lung outline, the class and its probability, the heatmap's in-lung share and the
-        not-for-clinical-use line. Raises ImageLoadError on a bad image."""
+        not-for-clinical-use line. Raises ImageLoadError on a bad image.
+
+        The label and probability are the predictor's (with its TTA and ensemble); the heatmap is the first
+        member's network on the image itself."""
         return self.explanation(image).png
 
     def explanation(self, image: ImageInput) -> Explanation:
@@ -221,7 +310,9 @@ class Predictor:
         img = to_loaded_image(image)
         seg = self.segment_lungs([img], always=True)[0]  # outline + in-lung share
         mask = seg.mask if seg is not None else None
-        probs, _ = self.backend.run(self.preprocessing(img.pixels, mask)[None])
+        probs, _ = self.probabilities(
+            [m.preprocessing.canonical(img.pixels, mask)[None] for m in self.members]
+        )
         label, _ = self.decide(probs[0])
         png, share = self._explainer.overlay(img, label, float(probs[0][self.classes.index(label)]), mask)
         return Explanation(png, label, None if share is None or share != share else share)
@@ -237,7 +328,7 @@ class Predictor:
             "classes": self.classes,
             "architecture": arch.get("name") if isinstance(arch, dict) else str(arch),
             "architecture_kwargs": arch.get("kwargs", {}) if isinstance(arch, dict) else {},
-            "version": self.backend.version,
+            "version": self.version,
             "created": c.get("created", ""),
             "versions": c.get("versions", {}),
             "metrics": c.get("metrics", {}),
@@ -263,6 +354,14 @@ class Predictor:
             "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
             "backend": self.backend.name,
             "source": self.backend.source,
+            "tta": {"views": len(self.tta_views), "names": list(self.tta_views)},
+            "ensemble": None
+            if len(self.members) == 1
+            else {
+                "members": [{"version": m.backend.version, "source": m.backend.source} for m in self.members],
+                "combine": "mean probability",
+                "operating_point_from": self.members[self.operating_point_from].backend.version,
+            },
         }
 
     def decision_rule(self) -> str:
@@ -270,25 +369,36 @@ class Predictor:
         return rule_in_words(self.classes, self.operating_points, self.decision)
 
     def __repr__(self) -> str:
-        return f"Predictor({self.backend.version!r}, backend={self.backend.name!r}, classes={self.classes})"
+        extra = f", tta={len(self.tta_views)}" if len(self.tta_views) > 1 else ""
+        return f"Predictor({self.version!r}, backend={self.backend.name!r}, classes={self.classes}{extra})"
 
 
 # -- loading -------------------------------------------------------------------------------------------------
-def load_predictor(path: str | Path | None = None, backend: str = "torch", strict: bool = False) -> Predictor:
+def load_predictor(
+    path: str | Path | Sequence[str | Path] | None = None,
+    backend: str = "torch",
+    strict: bool = False,
+    tta: int | None = None,
+    operating_point_from: int = 0,
+) -> Predictor:
     """Load a bundle folder (torch) or its ONNX export (onnx); ``path=None`` loads the shipped default model.
 
-    Raises :class:`ModelLoadError` with what to do when the model cannot be found or loaded.
+    A list of paths loads an ensemble (probabilities averaged; the members must predict the same classes).
+    ``tta=N`` averages over N test-time views (see :class:`Predictor`). Raises :class:`ModelLoadError` with what
+    to do when a model cannot be found or loaded, or the members of an ensemble do not fit together.
     """
-    p = resolve_model_path(path, backend)
+    paths = list(path) if isinstance(path, list | tuple) else [path]
+    if not paths:
+        raise ModelLoadError("an ensemble needs at least one model path")
+    resolved = [resolve_model_path(p, backend) for p in paths]
     if backend == "onnx":
-        from covidxray.prediction.onnx_backend import OnnxBackend
-
-        loaded: Backend = OnnxBackend(p)
+        from covidxray.prediction.onnx_backend import OnnxBackend as make
     else:
-        from covidxray.prediction.torch_backend import TorchBackend
-
-        loaded = TorchBackend(p)
+        from covidxray.prediction.torch_backend import TorchBackend as make  # type: ignore[assignment]
+    backends = [make(p) for p in resolved]
     try:
-        return Predictor(loaded, strict=strict)
+        return Predictor(backends, strict=strict, tta=tta, operating_point_from=operating_point_from)
+    except EnsembleError as exc:
+        raise ModelLoadError(str(exc)) from exc
     except NewerPreprocessingError as exc:  # an ONNX file from a newer covidxray (a bundle fails earlier)
-        raise ModelLoadError(f"{p}: {exc}") from exc
+        raise ModelLoadError(f"{', '.join(map(str, resolved))}: {exc}") from exc

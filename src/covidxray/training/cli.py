@@ -14,6 +14,7 @@ from pathlib import Path
 from covidxray.errors import EXIT_INPUT, EXIT_USAGE, CLIError
 from covidxray.preprocess import CHANNELS, INTENSITY_MODES, RESIZE_MODES
 from covidxray.training.config import (
+    ADVERSARIES,
     AUGMENTS,
     CLASS_WEIGHTS,
     LOSSES,
@@ -39,6 +40,7 @@ CHOICES: dict[str, tuple] = {
     "intensity": INTENSITY_MODES,
     "resize": RESIZE_MODES,
     "channels": CHANNELS,
+    "adversary": ADVERSARIES,
 }
 HELP: dict[str, str] = {
     "manifest": "manifest CSV (covidxray data build)",
@@ -65,6 +67,11 @@ HELP: dict[str, str] = {
     "epoch_samples": "images drawn per epoch (0: the train split's size)",
     "checkpoint_every": "steps between mid-epoch checkpoints (0: epoch ends)",
     "threads": "torch threads (default: OMP_NUM_THREADS, else 2; use 1 on a busy shared CPU)",
+    "adversary": "source adversary on the features behind gradient reversal: marginal (predict the source) or "
+    "conditional (predict the source within each class)",
+    "adversary_weight": "final gradient-reversal lambda (DANN schedule from 0)",
+    "acquisition": "acquisition randomisation: chance of each scanner-like transform per image (gamma, window, "
+    "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); 0: off",
 }
 _TYPES = {"int": int, "float": float, "str": str}
 

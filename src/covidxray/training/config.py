@@ -17,6 +17,12 @@ probability and, within a label, every source with equal probability (no collect
 ``shuffle`` is a plain permutation. ``class_weights="auto"`` weights the loss by the inverse label frequency
 *as the sampler delivers it*: with ``balanced`` the labels already arrive equally often, so the weights are 1.
 
+**Generalisation to other hospitals** (issue #12; BENCHMARKS.md, "Generalization ablation"):
+``adversary`` = ``marginal`` or ``conditional`` adds a source classifier on the penultimate features behind a
+gradient-reversal layer whose lambda ramps from 0 to ``adversary_weight`` (:mod:`covidxray.training.adversary`);
+``acquisition`` > 0 adds scanner-like randomisation (gamma, window, blur/sharpen, noise, JPEG, down-up sampling,
+border crop/pad, corner boxes), each transform on that share of images (:mod:`covidxray.training.augment`).
+
 **Best model**: ``model/`` holds the epoch with the highest validation macro ROC AUC; when the validation split
 has a single class (AUC undefined) the lowest validation loss is used instead. Early stopping and the LR
 schedule (ReduceLROnPlateau, factor 0.5) watch the same score.
@@ -37,6 +43,7 @@ LOSSES = ("ce", "bce")
 AUGMENTS = ("seed002", "light", "none")
 CLASS_WEIGHTS = ("auto", "none")
 SAMPLERS = ("balanced", "shuffle")
+ADVERSARIES = ("none", "marginal", "conditional")  # source-adversarial forms: covidxray.training.adversary
 
 
 class ConfigError(ValueError):
@@ -97,6 +104,11 @@ class TrainConfig:
     epoch_samples: int = (
         0  # images drawn per epoch (0: as many as the train split has); for slow models on CPU
     )
+    adversary: str = "none"  # source adversary behind gradient reversal: none | marginal | conditional
+    adversary_weight: float = 0.5  # the reversal's final lambda (DANN schedule from 0), see .adversary
+    acquisition: float = (
+        0.0  # acquisition randomisation: chance of each scanner-like transform (0: off), .augment
+    )
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -111,6 +123,7 @@ class TrainConfig:
             ("class_weights", CLASS_WEIGHTS),
             ("sampler", SAMPLERS),
             ("init", INITS),
+            ("adversary", ADVERSARIES),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -128,6 +141,10 @@ class TrainConfig:
             raise ConfigError(f"epoch_samples must not be negative, got {self.epoch_samples}")
         if self.workers < 0 or self.patience < 0 or self.checkpoint_every < 0 or (self.threads or 0) < 0:
             raise ConfigError("workers, patience, checkpoint_every and threads must not be negative")
+        if self.adversary_weight < 0:
+            raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
+        if not 0 <= self.acquisition <= 1:
+            raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
         if self.channels not in CHANNELS:
             raise ConfigError(f"channels must be one of {list(CHANNELS)}, got {self.channels}")
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+ADVERSARY_COLUMNS = ("adv_loss", "adv_source_acc", "adv_lambda")  # covidxray.training.adversary
 COLUMNS = (
     "epoch",
     "train_loss",
@@ -33,7 +34,8 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     import pandas as pd
 
     _atomic_write(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    frame = pd.DataFrame(history, columns=list(COLUMNS))
+    extra = [c for c in ADVERSARY_COLUMNS if any(c in h for h in history)]  # only runs with an adversary
+    frame = pd.DataFrame(history, columns=[*COLUMNS, *extra])
     _atomic_write(run_dir / "history.csv", frame.to_csv(index=False))
 
 

@@ -36,6 +36,7 @@ from covidxray.bundle import BundleConfig, save_bundle, update_bundle
 from covidxray.data.manifest import root_label
 from covidxray.models.base import XRayNet
 from covidxray.preprocess import Preprocessing
+from covidxray.training.adversary import SourceAdversary, dann_lambda, source_table
 from covidxray.training.augment import Augment, batch_generator
 from covidxray.training.checkpoint import ResumeError, checkpoint_path, load_checkpoint, save_checkpoint
 from covidxray.training.config import ConfigError, TrainConfig
@@ -150,6 +151,35 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+SUMS = (
+    "loss",
+    "correct",
+    "seen",
+    "seconds",
+    "train_seconds",
+    "adv_loss",
+    "adv_correct",
+    "adv_seen",
+    "adv_lambda",
+)
+
+
+class _Adversarial(torch.nn.Module):
+    """The classifier and its source adversary as one module (one optimizer, one DDP wrapper).
+
+    ``forward(x, y, sources, lam)`` -> (class logits, adversary loss, adversary's correct count, images it saw).
+    """
+
+    def __init__(self, model: XRayNet, adversary: SourceAdversary):
+        super().__init__()
+        self.model, self.adversary = model, adversary
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, sources: torch.Tensor, lam: float):
+        features = self.model.features(x)
+        logits = self.model.net.head(features)
+        return (logits, *self.adversary.loss(features, y, sources, lam))
+
+
 class _Run:
     """The state of one run while it trains (kept out of :func:`train` to keep each step readable)."""
 
@@ -168,7 +198,7 @@ class _Run:
         )
         self.weight = class_weight_tensor(cfg, self.train_split, self.sample_p)
         self.monitor = "val_auc_macro" if len(np.unique(self.val_split.targets)) > 1 else "val_loss"
-        self.augment = Augment(cfg.augment, cfg.image_size)
+        self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition)
 
         if ctx.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -179,12 +209,14 @@ class _Run:
 
         # channels-last: ~1.4-1.6x faster convolutions on CPU (oneDNN); weights are saved contiguous anyway
         self.model = build_model(cfg, self.pre, self.arch_kwargs).to(ctx.device, memory_format=CHANNELS_LAST)
-        self.optimizer = build_optimizer(cfg, self.model)
+        self.adversary, self.source_names = self._adversary()
+        trained = self.model if self.adversary is None else _Adversarial(self.model, self.adversary)
+        self.optimizer = build_optimizer(cfg, trained)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=LR_FACTOR, patience=max(1, cfg.patience // 2)
         )
         self.epoch, self.step = 0, 0
-        self.sums = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0, "train_seconds": 0.0}
+        self.sums = dict.fromkeys(SUMS, 0.0)
         self.best_score, self.best_epoch, self.bad_epochs = -math.inf, 0, 0
         self.best_metrics: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
@@ -199,9 +231,27 @@ class _Run:
                 f"note: {self.dir} held an earlier run; starting afresh (use --resume to continue it)",
             )
             checkpoint_path(self.dir).unlink()
-        self.net = self.model
+        self.net = trained
         if ctx.active:
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+            self.net = torch.nn.parallel.DistributedDataParallel(trained)
+
+    def _adversary(self) -> tuple[SourceAdversary | None, list[str]]:
+        """The source adversary of ``cfg.adversary`` (None when off), and the training sources it tells apart."""
+        cfg = self.cfg
+        names, present = source_table(self.train_split.targets, self.train_split.sources, len(cfg.classes))
+        if cfg.adversary == "none":
+            return None, names
+        if len(names) < 2:
+            raise ConfigError(
+                f"adversary {cfg.adversary!r} needs training images from 2+ sources, got {names}"
+            )
+        with torch.no_grad():
+            probe = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
+            n_features = int(self.model.eval().features(probe).flatten(1).shape[1])
+        with torch.random.fork_rng(devices=[]):  # leave the global stream (dropout) as without an adversary
+            torch.manual_seed(cfg.seed + 1)
+            adversary = SourceAdversary(n_features, present, cfg.adversary).to(self.ctx.device)
+        return adversary, names
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -211,6 +261,7 @@ class _Run:
         return {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
+            "adversary": None if self.adversary is None else self.adversary.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -227,10 +278,12 @@ class _Run:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state["adversary"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.sums = dict(state["sums"])
+        self.sums = {**dict.fromkeys(SUMS, 0.0), **state["sums"]}
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
         self.best_metrics = dict(state["best_metrics"])
         self.bad_epochs = int(state["bad_epochs"])
@@ -265,6 +318,9 @@ class _Run:
                 dynamic_ncols=True,
             )
         weight = None if self.weight is None else self.weight.to(ctx.device)
+        source_index = {s: i for i, s in enumerate(self.source_names)}
+        src_all = np.asarray([source_index[s] for s in split.sources], np.int64)
+        total_steps = max(1, cfg.epochs * n_batches)
         self.net.train()
         while self.step < n_batches:
             t0 = time.perf_counter()
@@ -273,10 +329,21 @@ class _Run:
             x = self.augment(x, batch_generator(cfg.seed, self.epoch, self.step, ctx.rank))
             x = x.to(ctx.device).contiguous(memory_format=CHANNELS_LAST)
             y = torch.from_numpy(split.targets[idx]).to(ctx.device)
-            logits = self.net(x)
-            loss = task_loss(logits, y, weight)
+            if self.adversary is None:
+                logits = self.net(x)
+                loss = total = task_loss(logits, y, weight)
+            else:
+                lam = dann_lambda(cfg.adversary_weight, (self.epoch * n_batches + self.step) / total_steps)
+                src = torch.from_numpy(src_all[idx]).to(ctx.device)
+                logits, adv_loss, adv_correct, adv_n = self.net(x, y, src, lam)
+                loss = task_loss(logits, y, weight)
+                total = loss + adv_loss
+                self.sums["adv_loss"] += float(adv_loss.detach()) * adv_n
+                self.sums["adv_correct"] += float(adv_correct)
+                self.sums["adv_seen"] += adv_n
+                self.sums["adv_lambda"] = lam
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             self.optimizer.step()
             with torch.no_grad():
                 pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
@@ -315,6 +382,13 @@ class _Run:
             "seconds": round(seconds, 3),
             "images_per_s": round(seen / max(train_secs / ctx.world, 1e-9), 1),
         }
+        if self.adversary is not None:  # the adversary's own view: can it still tell the sources apart?
+            adv_loss, adv_correct, adv_seen = sum_across(
+                ctx, [self.sums["adv_loss"], self.sums["adv_correct"], self.sums["adv_seen"]]
+            )
+            row["adv_loss"] = adv_loss / max(adv_seen, 1)
+            row["adv_source_acc"] = adv_correct / max(adv_seen, 1)
+            row["adv_lambda"] = round(self.sums["adv_lambda"], 6)
         self.history.append(row)
         self.train_seconds += seconds
         value = metrics[self.monitor]

@@ -1,0 +1,245 @@
+"""The generalization ablation table (BENCHMARKS.md, "Generalization ablation"), from runs of
+``benchmarks/generalization.sh``: per row (a technique), the leave-one-source-out figures that predict how a model
+does at another hospital.
+
+For each row folder ``runs/gen/ROW`` with runs ``cohen/`` and ``radiography/`` (that source held out) and ``all/``
+(every source):
+
+- out-of-source COVID ROC AUC per fold (every image of the held-out source; 95 % patient-bootstrap interval);
+- sensitivity / specificity on the held-out source at operating points chosen **without** that source: on the
+  other fold's out-of-source predictions (``travel``: highest min(sensitivity, specificity) there), and, for
+  contrast, on the fold's own in-source validation rows at sensitivity 0.95 (the old rule, ``in-source``);
+- from ``all/``: test COVID AUC within the Radiography Database only and within covid-chestxray-dataset only,
+  and the source-shortcut probe (balanced accuracy of a logistic regression predicting the source from the
+  penultimate features, test split, 5-fold by patient);
+- the share of JSRT (``runs/data/jsrt.csv``, tools/jsrt_manifest.py; adults, no COVID-19) called COVID-19 by
+  ``all/`` at the pooled travelling point and by each fold model at its own travelling point;
+- training time (sum over the runs, and ``all/`` alone).
+
+    .venv/bin/python benchmarks/generalization.py ROW [ROW...] [--out benchmarks/results/generalization.json]
+
+Prints a markdown table and writes the JSON (every figure, plus the chosen thresholds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from covidxray.bundle import load_bundle
+from covidxray.data.manifest import read_manifest
+from covidxray.evaluation.bootstrap import patient_bootstrap, weighted_roc_auc
+from covidxray.evaluation.inference import run_inference
+from covidxray.evaluation.operating_point import rates_at, threshold_for_sensitivity
+from covidxray.evaluation.probe import source_probe
+
+FOLDS = ("cohen", "radiography")
+COVID = "covid"
+
+
+def auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n: int = 1000) -> dict:
+    """COVID ROC AUC with a 95 % patient-bootstrap interval."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return {"value": None, "ci": None}
+    ci = patient_bootstrap(lambda w: {"auc": weighted_roc_auc(w, y, p)}, patients, n_resamples=n)["auc"]
+    return {"value": float(roc_auc_score(y, p)), "ci": ci.to_list()}
+
+
+def balanced_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The threshold with the highest min(sensitivity, specificity) (ties: the highest such threshold)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    score = np.minimum(tpr, 1 - fpr)
+    best = np.flatnonzero(score >= score.max() - 1e-12)
+    return float(min(thr[best[0]], 1.0))
+
+
+def predict(run: Path, df, cache_dir: str, rows=None):
+    bundle = load_bundle(run / "model")
+    classes = list(bundle.config.classes)
+    res = run_inference(bundle, df, cache_dir, 64, rows)
+    return res.probabilities[:, classes.index(COVID)], res.features
+
+
+def fmt(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    ci = m.get("ci")
+    return f"{m['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
+    out: dict = {"row": row_dir.name, "folds": {}}
+    src = df["source"].astype(str).to_numpy()
+    split = df["split"].astype(str).to_numpy()
+    is_covid = (df["label"].astype(str) == COVID).to_numpy()
+    pid = df["patient_id"].astype(str).to_numpy()
+    preds = {}
+    seconds = {}
+    for fold in (*FOLDS, "all"):
+        run = row_dir / fold
+        if not (run / "model" / "config.json").is_file():
+            continue
+        info = json.loads((run / "run.json").read_text())
+        seconds[fold] = info["train_seconds"]
+        # only the rows a figure needs: held-out source + in-source val (folds), test split (all sources)
+        need = (split == "test") if fold == "all" else ((src == fold) | ((src != fold) & (split == "val")))
+        rows = np.flatnonzero(need)
+        p_rows, f_rows = predict(run, df, cache_dir, rows)
+        p_all = np.full(len(df), np.nan)
+        p_all[rows] = p_rows
+        feats = np.zeros((len(df), f_rows.shape[1]), np.float32)
+        feats[rows] = f_rows
+        p_jsrt, _ = predict(run, jsrt, cache_dir)
+        preds[fold] = (p_all, feats, p_jsrt)
+        out.setdefault(
+            "config", {k: v for k, v in info["config"].items() if k not in ("out", "holdout_source")}
+        )
+    for fold in FOLDS:
+        if fold not in preds:
+            continue
+        p_all, _, p_jsrt = preds[fold]
+        held = src == fold
+        f = {"auc_out": auc_ci(is_covid[held], p_all[held], pid[held])}
+        # in-source validation rows, sensitivity 0.95 (the rule the bundles used so far)
+        val = (~held) & (split == "val")
+        t_in = threshold_for_sensitivity(is_covid[val], p_all[val], 0.95)
+        f["in_source"] = {"threshold": t_in, **rates_at(is_covid[held], p_all[held], t_in)}
+        others = [o for o in FOLDS if o != fold and o in preds]
+        if others:  # chosen on the other fold(s)' out-of-source predictions: never sees this source
+            y_o = np.concatenate([is_covid[src == o] for o in others])
+            p_o = np.concatenate([preds[o][0][src == o] for o in others])
+            t = balanced_threshold(y_o, p_o)
+            f["travel"] = {"threshold": t, **rates_at(is_covid[held], p_all[held], t)}
+            f["jsrt_covid_share"] = float(np.mean(p_jsrt >= t))
+        out["folds"][fold] = f
+    # pooled out-of-source predictions of both folds -> the operating points a bundle of this row would store
+    if all(f in preds for f in FOLDS):
+        y_pool = np.concatenate([is_covid[src == f] for f in FOLDS]).astype(bool)
+        p_pool = np.concatenate([preds[f][0][src == f] for f in FOLDS])
+        where = {
+            "description": "pooled out-of-source leave-one-source-out predictions (cohen held out, "
+            "radiography held out)",
+            "n_images": int(len(y_pool)),
+            "n_positive": int(y_pool.sum()),
+            "n_negative": int((~y_pool).sum()),
+        }
+        t_bal, t_scr = balanced_threshold(y_pool, p_pool), threshold_for_sensitivity(y_pool, p_pool, 0.95)
+        out["pooled"] = {"balanced": t_bal, "screening": t_scr}
+        # in the form of a bundle's config.json "operating_points" (covidxray.decision, issue #18)
+        out["operating_points"] = {
+            "screening": {
+                "class": COVID,
+                "threshold": t_scr,
+                "rule": "sensitivity>=0.95",
+                "chosen_on": where,
+            },
+            "balanced": {
+                "class": COVID,
+                "threshold": t_bal,
+                "rule": "max min(sensitivity,specificity)",
+                "chosen_on": where,
+            },
+        }
+        out["decision"] = "balanced"
+        out["mean_auc_out"] = float(np.mean([out["folds"][f]["auc_out"]["value"] for f in FOLDS]))
+    if "all" in preds:
+        p_all, feats, p_jsrt = preds["all"]
+        test = split == "test"
+        a = {}
+        for s in ("radiography", "cohen"):
+            m = test & (src == s)
+            a[f"auc_within_{s}"] = auc_ci(is_covid[m], p_all[m], pid[m])
+        probe = source_probe(feats[test], src[test], pid[test], df["label"].astype(str).to_numpy()[test])
+        a["probe"] = probe.balanced_accuracy
+        a["probe_label_only"] = probe.label_only_baseline
+        a["auc_test"] = auc_ci(is_covid[test], p_all[test], pid[test])
+        if "pooled" in out:
+            a["jsrt_covid_share_balanced"] = float(np.mean(p_jsrt >= out["pooled"]["balanced"]))
+            a["jsrt_covid_share_screening"] = float(np.mean(p_jsrt >= out["pooled"]["screening"]))
+            nn = (jsrt["subtype"].astype(str) == "non-nodule").to_numpy()
+            a["jsrt_nonnodule_covid_share_balanced"] = float(np.mean(p_jsrt[nn] >= out["pooled"]["balanced"]))
+        out["all"] = a
+    out["train_seconds"] = seconds
+    return out
+
+
+def _rates(d: dict | None) -> str:
+    return "n/a" if not d else f"{d['sensitivity']:.2f} / {d['specificity']:.2f}"
+
+
+def _share(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown ablation table, one line per row."""
+    head = [
+        "row",
+        "COVID AUC out-of-source, cohen held out",
+        "COVID AUC out-of-source, radiography held out",
+        "mean",
+        "sens / spec on held-out cohen (point from the other fold)",
+        "sens / spec on held-out radiography (point from the other fold)",
+        "same at the in-source sens-0.95 point (cohen; radiography)",
+        "JSRT called COVID (fold models)",
+        "COVID AUC within Radiography / within cohen (all sources)",
+        "probe (all sources)",
+        "JSRT called COVID (all sources, pooled balanced point)",
+        "training min (3 runs)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        f, a = r["folds"], r.get("all", {})
+        mean = r.get("mean_auc_out")
+        cells = [
+            r["row"],
+            fmt(f.get("cohen", {}).get("auc_out")),
+            fmt(f.get("radiography", {}).get("auc_out")),
+            "n/a" if mean is None else f"{mean:.3f}",
+            _rates(f.get("cohen", {}).get("travel")),
+            _rates(f.get("radiography", {}).get("travel")),
+            f"{_rates(f.get('cohen', {}).get('in_source'))}; {_rates(f.get('radiography', {}).get('in_source'))}",
+            "; ".join(_share(f.get(k, {}).get("jsrt_covid_share")) for k in FOLDS),
+            f"{fmt(a.get('auc_within_radiography'))} / {fmt(a.get('auc_within_cohen'))}" if a else "not run",
+            f"{a['probe']:.3f}" if a.get("probe") is not None else "not run",
+            _share(a.get("jsrt_covid_share_balanced")),
+            f"{sum(r['train_seconds'].values()) / 60:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("rows", nargs="+", help="row names (folders under --runs)")
+    p.add_argument("--runs", type=Path, default=Path("runs/gen"))
+    p.add_argument("--manifest", type=Path, default=Path("runs/data/manifest.csv"))
+    p.add_argument("--jsrt", type=Path, default=Path("runs/data/jsrt.csv"))
+    p.add_argument("--cache-dir", default="runs/cache")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/generalization.json"))
+    a = p.parse_args()
+    df, jsrt = read_manifest(a.manifest), read_manifest(a.jsrt)
+    results = []
+    for name in a.rows:
+        d = a.runs / name
+        if not d.is_dir():
+            sys.exit(f"{d}: no such row folder (run benchmarks/generalization.sh {name} first)")
+        results.append(row_figures(d, df, jsrt, a.cache_dir))
+    old = json.loads(a.out.read_text()) if a.out.is_file() else {}
+    old.update({r["row"]: r for r in results})
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(old, indent=2) + "\n")
+    print(table(results))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Source-adversarial training and acquisition randomisation (issue #12): each acts, is recorded, is reproducible."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from covidxray.bundle import load_bundle
+from covidxray.cli import main
+from covidxray.training.adversary import SourceAdversary, dann_lambda, grad_reverse, source_table
+from covidxray.training.augment import Augment, batch_generator, jpeg_roundtrip
+from covidxray.training.config import ConfigError, TrainConfig
+from covidxray.training.trainer import train
+from test_training_data import make_manifest
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_manifest(tmp_path_factory.mktemp("tiny"))
+
+
+def _cfg(manifest: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        manifest=str(manifest), model="seed_cnn6", out=str(out), epochs=1, image_size=32, batch_size=8,
+        cache_dir=str(manifest.parent / "cache"), threads=1, progress=False, checkpoint_every=0, init="glorot",
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def plain(manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run without the techniques, to compare with."""
+    return train(_cfg(manifest, tmp_path_factory.mktemp("plain")))
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+# -- gradient reversal and the adversary -------------------------------------------------------------------------
+def test_gradient_reversal_flips_and_scales_the_gradient_only() -> None:
+    x = torch.randn(4, 3, requires_grad=True)
+    y = grad_reverse(x, 0.25)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -0.25))
+    assert dann_lambda(0.3, 0.0) == 0.0 and dann_lambda(0.3, 1.0) == pytest.approx(0.3, abs=1e-4)
+    assert 0 < dann_lambda(0.3, 0.1) < dann_lambda(0.3, 0.5) < 0.3
+
+
+def test_conditional_adversary_only_asks_within_classes_that_have_two_sources() -> None:
+    # class 0 (covid) only in source "r"; classes 1 and 2 in "k" and "r"
+    targets = np.array([0, 0, 1, 1, 2, 2])
+    names, present = source_table(targets, np.array(["r", "r", "k", "r", "k", "r"]), 3)
+    assert names == ["k", "r"] and present.tolist() == [[False, True], [True, True], [True, True]]
+    torch.manual_seed(0)
+    cond = SourceAdversary(8, present, "conditional")
+    feats, y, src = torch.randn(6, 8), torch.from_numpy(targets), torch.tensor([1, 1, 0, 1, 0, 1])
+    _, _, n = cond.loss(feats, y, src, 1.0)
+    assert n == 4  # the two covid images cannot tell anything about the source: left out
+    assert torch.isinf(cond.logits(feats, y)[:2, 0]).all()  # and source "k" never competes for class 0
+    marg = SourceAdversary(8, present, "marginal")
+    assert marg.loss(feats, y, src, 1.0)[2] == 6
+
+
+def test_adversary_changes_training_is_recorded_and_kept_out_of_the_bundle(
+    manifest: Path, plain: Path, tmp_path: Path
+) -> None:
+    adv = train(_cfg(manifest, tmp_path / "adv", adversary="conditional", adversary_weight=1.0))
+    w_plain, w_adv = _weights(plain), _weights(adv)
+    assert w_plain.keys() == w_adv.keys()  # the bundle holds the classifier only
+    assert not torch.equal(w_plain["net.conv.conv1.weight"], w_adv["net.conv.conv1.weight"])
+    row = json.loads((adv / "history.jsonl").read_text().splitlines()[-1])
+    assert "adv_source_acc" in (adv / "history.csv").read_text().splitlines()[0]
+    assert 0 <= row["adv_source_acc"] <= 1 and row["adv_loss"] > 0 and 0 < row["adv_lambda"] <= 1.0
+    assert load_bundle(adv / "model").config.training["adversary"] == "conditional"
+    info = json.loads((adv / "run.json").read_text())
+    assert info["config"]["adversary"] == "conditional" and info["config"]["adversary_weight"] == 1.0
+    # weight 0: the reversal passes no gradient to the features (the adversary still trains itself)
+    zero = train(_cfg(manifest, tmp_path / "zero", adversary="marginal", adversary_weight=0.0))
+    assert torch.equal(_weights(zero)["net.conv.conv1.weight"], w_plain["net.conv.conv1.weight"])
+
+
+def test_bad_generalization_options_are_refused() -> None:
+    with pytest.raises(ConfigError, match="adversary must be one of"):
+        TrainConfig(adversary="always")
+    with pytest.raises(ConfigError, match="acquisition is a probability"):
+        TrainConfig(acquisition=1.5)
+    with pytest.raises(ConfigError, match="adversary_weight must not be negative"):
+        TrainConfig(adversary_weight=-1)
+
+
+# -- acquisition randomisation -----------------------------------------------------------------------------------
+def test_acquisition_randomisation_is_seeded_bounded_and_acts() -> None:
+    x = torch.rand(16, 1, 32, 32)
+    acq = Augment("none", 32, acquisition=1.0)
+    a, b = acq(x, batch_generator(1, 0, 0)), acq(x, batch_generator(1, 0, 0))
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= float(a.min()) and float(a.max()) <= 1
+    assert (a - x).abs().mean(dim=(1, 2, 3)).min() > 0.01  # every image changed
+    assert torch.equal(Augment("none", 32, acquisition=0.0)(x, batch_generator(1, 0, 0)), x)
+    # p = 1: every corner box is drawn with probability 1/2, in one grey -> some corner pixel rows are flat
+    flat = [(a[i, 0, 0, :3] == a[i, 0, 0, 0]).all() for i in range(16)]
+    assert sum(bool(f) for f in flat) >= 4
+
+
+def test_jpeg_roundtrip_is_a_real_lossy_codec() -> None:
+    img = torch.rand(1, 32, 32)
+    low, high = jpeg_roundtrip(img, 15), jpeg_roundtrip(img, 90)
+    err_low, err_high = (low - img).abs().mean(), (high - img).abs().mean()
+    assert 0 < err_high < err_low  # lower quality, bigger error
+
+
+def test_cli_flags_reach_the_run_and_weights_do_not_depend_on_workers(
+    manifest: Path, plain: Path, tmp_path: Path
+) -> None:
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--adversary", "conditional", "--adversary-weight", "0.5", "--acquisition", "0.5"]  # fmt: skip
+    for workers in (0, 2):  # its own cache each: the workers decode the images
+        out = tmp_path / f"w{workers}"
+        assert (
+            main([*argv, "--out", str(out), "--workers", str(workers), "--cache-dir", str(out / "cache")])
+            == 0
+        )
+    cfg = json.loads((tmp_path / "w2" / "run.json").read_text())["config"]
+    assert (cfg["adversary"], cfg["adversary_weight"], cfg["acquisition"]) == ("conditional", 0.5, 0.5)
+    w0, w2 = _weights(tmp_path / "w0"), _weights(tmp_path / "w2")
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
+    assert not torch.equal(_weights(plain)["net.conv.conv1.weight"], w0["net.conv.conv1.weight"])  # they act
