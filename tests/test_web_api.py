@@ -255,6 +255,9 @@ def test_explain_form_field_is_a_boolean(predictor, tmp_path):
         bad = client.post("/api/v1/predict", files={"files": png}, data={"explain": "0"})
         yes = client.post("/api/v1/predict", files={"files": png}, data={"explain": "TRUE"})
         no = client.post("/api/v1/predict", files={"files": png}, data={"explain": "false"})
+        # sent twice, explain is an array in the schema's terms: refused, not read as its first or last value
+        twice = client.post("/api/v1/predict", files={"files": png}, data={"explain": ["true", "true"]})
+    assert twice.status_code == 400 and "sent 2 times" in twice.json()["message"]
     assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
     assert "'explain'" in bad.json()["message"] and "'0'" in bad.json()["message"]
     assert yes.json()["predictions"][0]["gradcam_png"] and no.json()["predictions"][0]["gradcam_png"] is None

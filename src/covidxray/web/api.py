@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from covidxray.web.schemas import ErrorResponse, Health, ModelCard, PredictResponse, ServiceLimits
 from covidxray.web.service import PredictionService
-from covidxray.web.uploads import ACCEPTED_SUFFIXES, UploadError, check_upload, read_multipart
+from covidxray.web.uploads import ACCEPTED_SUFFIXES, REPEATED, UploadError, check_upload, read_multipart
 
 FILE_FIELD = "files"
 
@@ -98,6 +98,13 @@ def form_bool(fields: dict[str, str], name: str) -> bool:
     value = fields.get(name)
     if value is None:
         return False
+    if REPEATED in value:
+        raise UploadError(
+            400,
+            "bad_request",
+            f"form field '{name}' was sent {value.count(REPEATED) + 1} times; it takes one value",
+            hint=f"send {name} once",
+        )
     spelled = value.strip().lower()
     if spelled not in ("true", "false"):
         raise UploadError(

@@ -30,6 +30,7 @@ ACCEPTED_SUFFIXES = {
 }
 STORED_SUFFIX = {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
 ACCEPTED_TYPES = "PNG, JPEG or DICOM"
+REPEATED = "\x00"  # joins the values of a form field sent more than once (an array, in OpenAPI terms)
 MAX_FIELD_BYTES = 1024  # plain form fields (e.g. explain=true) are tiny
 MAX_FIELDS = 16
 
@@ -174,7 +175,10 @@ class _MultipartReader:
             self.files.append((part.filename, bytes(part.data)))
             part.data = bytearray()  # the copy above is the one kept
         else:
-            self.fields[part.name] = part.data.decode("utf-8", "replace")
+            value = part.data.decode("utf-8", "replace")
+            if part.name in self.fields:  # a repeated field is an array: keep every value, joined by REPEATED
+                value = self.fields[part.name] + REPEATED + value
+            self.fields[part.name] = value
 
 
 async def read_multipart(
