@@ -24,6 +24,7 @@ import pytest
 import schemathesis
 from hypothesis import strategies as st
 from PIL import Image
+from schemathesis.checks import negative_data_rejection
 
 from conftest import DATA_ROOT, dicom_bytes
 from covidxray.web.app import create_app
@@ -102,4 +103,20 @@ def test_api_contract(case: schemathesis.Case) -> None:
         }
         with open(log, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-    case.validate_response(response)
+    if _same_bytes_as_a_valid_form(case):
+        # multipart/form-data has no types: an array of 0 or 1 items is sent as no part or one plain part, the
+        # same bytes as an absent or a scalar field, so the server cannot tell this "violation" from valid data.
+        case.validate_response(response, excluded_checks=[negative_data_rejection])
+    else:
+        case.validate_response(response)
+
+
+def _same_bytes_as_a_valid_form(case: schemathesis.Case) -> bool:
+    """A schema-violating multipart body whose only violations are arrays of <= 1 valid item in scalar fields."""
+    body = case.body if isinstance(case.body, dict) else None
+    if not body or "files" not in body:
+        return False
+    explain = body.get("explain")
+    if not isinstance(explain, list) or len(explain) > 1:
+        return False
+    return all(isinstance(v, bool) or str(v).strip().lower() in ("true", "false") for v in explain)
