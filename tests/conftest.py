@@ -23,8 +23,9 @@ def xray_like(size: int = 96, seed: int = 0) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def dicom_bytes(pixels: np.ndarray) -> bytes:
-    """A 12-bit MONOCHROME2 DICOM of the image (no test file ships one)."""
+def dicom_bytes(pixels: np.ndarray, tags: dict | None = None, preamble: bool = True) -> bytes:
+    """A 12-bit MONOCHROME2 DICOM of the image (no test file ships one), with extra ``tags`` (keyword -> value)
+    and, with ``preamble=False``, without the 128-byte preamble and 'DICM' marker."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -43,8 +44,10 @@ def dicom_bytes(pixels: np.ndarray) -> bytes:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
     buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
+    ds.save_as(buf, enforce_file_format=preamble)
     return buf.getvalue()
 
 

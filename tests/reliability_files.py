@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from conftest import xray_like
+from conftest import dicom_bytes, xray_like
 
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
@@ -38,30 +38,17 @@ def encode(pixels: np.ndarray, fmt: str, **kw) -> bytes:
 
 def dicom(pixels: np.ndarray, patient: str = "Doe^Jane", preamble: bool = True) -> bytes:
     """A 12-bit MONOCHROME2 DICOM with a patient name and ID (for de-identification tests)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-        "CR",
-    )
-    ds.StudyInstanceUID = generate_uid()
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient, "MRN-123456", "19700101"
-    ds.InstitutionName, ds.ReferringPhysicianName = "St Example Hospital", "House^Gregory"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=preamble)
-    return buf.getvalue()
+    tags = {
+        "StudyInstanceUID": generate_uid(),
+        "PatientName": patient,
+        "PatientID": "MRN-123456",
+        "PatientBirthDate": "19700101",
+        "InstitutionName": "St Example Hospital",
+        "ReferringPhysicianName": "House^Gregory",
+    }
+    return dicom_bytes(pixels, tags, preamble)
 
 
 def every_format(size: int = 96) -> dict[str, bytes]:
