@@ -34,14 +34,16 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="model actors (default: one per --cpus-per-worker CPUs of the cluster)",
+        help="model actors (default: one per --cpus-per-worker CPUs of the cluster, or one per CPU)",
     )
     g.add_argument(
         "--cpus-per-worker",
         type=float,
-        default=1.0,
+        default=None,
         metavar="C",
-        help="CPUs each actor reserves, and its compute threads (default: %(default)s)",
+        help="CPUs each actor reserves, and its compute threads (default: with --workers N, the cluster's CPUs "
+        "split evenly between the N actors, so one worker on a 2-CPU machine runs 2 threads like the local "
+        "engine; without --workers, 1)",
     )
     g.add_argument(
         "--shard-size",
@@ -69,7 +71,7 @@ def run_predict_ray(args: argparse.Namespace, paths: list[str]) -> int:
         raise CLIError(f"--engine ray needs Ray: pip install 'covidxray[ray]' ({exc})", EXIT_USAGE) from exc
     if args.explain:
         raise CLIError("--explain (Grad-CAM) runs with --engine local", EXIT_USAGE)
-    if args.cpus_per_worker <= 0:
+    if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
         raise CLIError(f"--cpus-per-worker must be positive, got {args.cpus_per_worker}", EXIT_USAGE)
     backend = args.backend or "onnx"  # ONNX Runtime in the actors unless --backend torch
     options = RayPredictOptions(

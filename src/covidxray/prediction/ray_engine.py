@@ -58,14 +58,16 @@ class RayEngineError(ValueError):
 @dataclass
 class RayPredictOptions:
     """How ``predict --engine ray`` runs. ``workers=None`` uses every CPU of the cluster (one actor per
-    ``cpus_per_worker``); ``address=None`` joins a running Ray of this process or starts a local one."""
+    ``cpus_per_worker``, default 1); ``cpus_per_worker=None`` with ``workers`` set splits the cluster's CPUs
+    evenly between the actors (each runs that many compute threads); ``address=None`` joins a running Ray of
+    this process or starts a local one."""
 
     model: str | None = None
     backend: str = "onnx"
     strict: bool = False
     address: str | None = None
     workers: int | None = None
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None
     batch_size: int = 32
     shard_size: int = DEFAULT_SHARD_SIZE
     resume: bool = False
@@ -466,6 +468,17 @@ def predict_with_ray(
     return result
 
 
+def worker_cpus(cluster_cpus: float, workers: int | None, cpus_per_worker: float | None) -> float:
+    """CPUs each actor reserves (and its compute threads): ``cpus_per_worker`` if given; else, with ``workers``
+    set, the cluster's CPUs split evenly between them (whole CPUs, at least 1), so ``--workers 1`` on a 2-CPU
+    machine runs one actor with 2 threads as the local engine does; else 1."""
+    if cpus_per_worker is not None:
+        return float(cpus_per_worker)
+    if workers:
+        return float(max(1, int(cluster_cpus // workers)))
+    return 1.0
+
+
 def _run_shards(
     paths: list[str],
     shards: list[int],
@@ -493,11 +506,12 @@ def _run_shards(
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        workers = options.workers or max(1, int(cpus // options.cpus_per_worker))
-        if workers * options.cpus_per_worker > cpus:  # the actors would wait for CPUs forever
+        per_worker = worker_cpus(cpus, options.workers, options.cpus_per_worker)
+        workers = options.workers or max(1, int(cpus // per_worker))
+        if workers * per_worker > cpus:  # the actors would wait for CPUs forever
             raise RayEngineError(
-                f"--workers {workers} x --cpus-per-worker {options.cpus_per_worker:g} needs "
-                f"{workers * options.cpus_per_worker:g} CPUs; the Ray cluster has {cpus:g}"
+                f"--workers {workers} x --cpus-per-worker {per_worker:g} needs "
+                f"{workers * per_worker:g} CPUs; the Ray cluster has {cpus:g}"
             )
         s = options.shard_size
         expected = {k: min(s, len(paths) - k * s) for k in shards}
@@ -513,11 +527,11 @@ def _run_shards(
                 tables.append(pa.table({"index": np.arange(lo, hi, dtype=np.int64), "path": paths[lo:hi]}))
         ds = ray.data.from_arrow(tables).map_batches(
             ImageScorer,
-            fn_constructor_args=([ray.put(files)], options.backend, options.strict, options.cpus_per_worker),
+            fn_constructor_args=([ray.put(files)], options.backend, options.strict, per_worker),
             batch_size=batch,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=options.cpus_per_worker,
+            num_cpus=per_worker,
         )
         buffers: dict[int, dict[str, list]] = {}
         bar = _progress_bar(len(paths), rows_done, options.progress)
