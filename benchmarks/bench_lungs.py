@@ -156,13 +156,13 @@ def bench_guard(root: Path, n_real: int) -> dict:
 
 
 # -- 4. where the shipped model looks --------------------------------------------------------------------------
-def bench_attention(root: Path, n: int) -> dict:
+def bench_attention(root: Path, n: int, model_dir: Path | None = None) -> dict:
     from covidxray.bundle import DEFAULT_MODEL_DIR, load_bundle
     from covidxray.evaluation.attention import lung_attention
     from covidxray.imageio import load_image
     from covidxray.segmentation import lung_mask_fn
 
-    bundle = load_bundle(DEFAULT_MODEL_DIR)
+    bundle = load_bundle(model_dir or DEFAULT_MODEL_DIR)
     p = bundle.config.preprocessing
     rows = manifest_rows(root, {"test"})
     if not rows:
@@ -188,6 +188,13 @@ def main() -> int:
     ap.add_argument("--real", type=int, default=600, help="real X-rays for the guard check")
     ap.add_argument("--attention", type=int, default=300, help="test images for the Grad-CAM share")
     ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "guard", "attention"))
+    ap.add_argument(
+        "--attention-models",
+        nargs="*",
+        default=[],
+        metavar="NAME=BUNDLE",
+        help="more models for the Grad-CAM share (e.g. the ablation's runs/gen/ROW/all/model), same images",
+    )
     args = ap.parse_args()
     from covidxray.segmentation.segmenter import DEFAULT_DIR, segmenter_facts
 
@@ -204,6 +211,11 @@ def main() -> int:
         result["guard"] = bench_guard(args.root, args.real)
     if "attention" not in args.skip:
         result["attention"] = bench_attention(args.root, args.attention)
+    if args.attention_models:
+        result["attention_models"] = {}
+        for spec in args.attention_models:
+            name, _, path = spec.partition("=")
+            result["attention_models"][name] = bench_attention(args.root, args.attention, Path(path))
     result["machine"]["load_average_end"] = os.getloadavg()
     if args.skip and RESULTS.is_file():  # keep the sections measured by an earlier run
         earlier = json.loads(RESULTS.read_text())
@@ -234,8 +246,10 @@ def main() -> int:
         print(
             f"| lateral views | {v['n']} | {v['lung_flagged']:.1%} | {v['guard_flagged']:.1%} | {v['labels']} |"
         )
-    if "attention" in result and "overall" in result["attention"]:
-        a = result["attention"]
+    for model, a in [("shipped", result.get("attention", {})), *result.get("attention_models", {}).items()]:
+        if "overall" not in a:
+            continue
+        print(f"Grad-CAM in lungs, {model}:")
         print("| images | n | in lungs | lung area |")
         for name, m in [("all", a["overall"]), *a["per_source"].items(), *a["per_class"].items()]:
             print(f"| {name} | {m['n_images']} | {m['in_lung_share']} | {m['lung_area']} |")

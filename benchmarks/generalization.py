@@ -17,8 +17,11 @@ For each row folder ``runs/gen/ROW`` with runs ``cohen/`` and ``radiography/`` (
 - training time (sum over the runs, and ``all/`` alone).
 
     .venv/bin/python benchmarks/generalization.py ROW [ROW...] [--out benchmarks/results/generalization.json]
+        [--store-points BUNDLE]
 
-Prints a markdown table and writes the JSON (every figure, plus the chosen thresholds).
+Prints a markdown table and writes the JSON (every figure, plus the chosen thresholds). ``--store-points`` writes
+the (one) row's pooled out-of-source "screening" and "balanced" points into a bundle (``balanced`` decides): how
+the shipped default model gets an operating point chosen on images of sources its recipe never saw.
 """
 
 from __future__ import annotations
@@ -225,7 +228,15 @@ def main() -> None:
     p.add_argument("--jsrt", type=Path, default=Path("runs/data/jsrt.csv"))
     p.add_argument("--cache-dir", default="runs/cache")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/generalization.json"))
+    p.add_argument(
+        "--store-points",
+        type=Path,
+        metavar="BUNDLE",
+        help="store the row's pooled out-of-source operating points in this bundle (balanced decides)",
+    )
     a = p.parse_args()
+    if a.store_points and len(a.rows) != 1:
+        sys.exit("--store-points takes exactly one row")
     df, jsrt = read_manifest(a.manifest), read_manifest(a.jsrt)
     results = []
     for name in a.rows:
@@ -239,6 +250,17 @@ def main() -> None:
     a.out.write_text(json.dumps(old, indent=2) + "\n")
     print(table(results))
     print(f"wrote {a.out}")
+    if a.store_points:
+        from covidxray.bundle import set_operating_points
+
+        r = results[0]
+        if "operating_points" not in r:
+            sys.exit(
+                f"row {r['row']}: both folds ({', '.join(FOLDS)}) are needed for pooled operating points"
+            )
+        set_operating_points(a.store_points, r["operating_points"], r["decision"])
+        pts = ", ".join(f"{k} p(covid) >= {v['threshold']:.3f}" for k, v in r["operating_points"].items())
+        print(f"stored in {a.store_points}: {pts}; {r['decision']} decides")
 
 
 if __name__ == "__main__":
