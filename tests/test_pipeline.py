@@ -15,15 +15,17 @@ from covidxray.cli import main
 from covidxray.pipeline import Steps, root_fingerprint
 
 
-def _tree(root: Path, per_class: int = 14) -> Path:
-    """A folder-per-class collection whose classes differ in brightness, so a model can learn something."""
-    for k, cls in enumerate(("covid", "normal", "pneumonia")):
-        (root / "tiny" / cls).mkdir(parents=True)
-        for i in range(per_class):
-            img = xray_like(72, seed=100 * k + i).astype(np.float32) * (0.6 + 0.2 * k)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
-                root / "tiny" / cls / f"{cls}_{i}.png"
-            )
+def _tree(root: Path, per_class: int = 10) -> Path:
+    """Two folder-per-class collections (two sources, both with COVID-19, so leave-one-source-out has two folds)
+    whose classes differ in brightness, so a model can learn something."""
+    for j, name in enumerate(("tiny", "other")):
+        for k, cls in enumerate(("covid", "normal", "pneumonia")):
+            (root / name / cls).mkdir(parents=True)
+            for i in range(per_class):
+                img = xray_like(72, seed=1000 * j + 100 * k + i).astype(np.float32) * (0.6 + 0.2 * k)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                    root / name / cls / f"{cls}_{i}.png"
+                )
     return root
 
 
@@ -77,10 +79,18 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
     config = json.loads((out / "default" / "model" / "config.json").read_text())
     assert config["guard"] and (out / "default" / "model" / "model.onnx").is_file()
     assert (out / "default" / "evaluation" / "report.html").is_file()
+    # operating points chosen on the two fold models' predictions of the source each never saw, kept by evaluate
+    assert config["decision"] == "balanced" and set(config["operating_points"]) == {"screening", "balanced"}
+    chosen = config["operating_points"]["balanced"]["chosen_on"]
+    assert "leave-one-source-out" in chosen["description"] and chosen["n_images"] == 60
+    for fold in ("other", "tiny"):
+        run = json.loads((out / "loso" / fold / "run.json").read_text())
+        assert run["config"]["holdout_source"] == fold
+    assert "kept" in metrics["operating_points"]
 
     assert main(args) == 0
     again = capsys.readouterr().out
-    for step in ("manifest", "train", "guard", "evaluate", "export"):
+    for step in ("manifest", "train", "loso", "guard", "evaluate", "export"):
         assert f"[{step}] up to date" in again
 
 

@@ -1,5 +1,14 @@
-"""``covidxray run``: the README's main job -- manifest -> train the default model -> fit its input guard ->
-evaluate it -> export it to ONNX -> print the summary table and the report's path.
+"""``covidxray run``: the README's main job -- manifest -> train the default model -> choose its operating points
+out of source -> fit its input guard -> evaluate it -> export it to ONNX -> print the summary table and the
+report's path.
+
+The operating points (``screening``: COVID sensitivity 0.95; ``balanced``: highest min(sensitivity, specificity),
+which decides) are chosen on **pooled out-of-source predictions**: the recipe is trained once more per
+leave-one-source-out fold (each source with COVID-19 held out in turn), each fold model predicts every image of
+the source it never saw, and the thresholds are chosen on those predictions together -- not on the default
+model's own in-source validation split, whose threshold does not travel to another hospital (issue #12). With
+fewer than two sources holding COVID-19 there is no such fold, and ``evaluate`` chooses them on validation as
+before.
 
 Each step writes a stamp (``<out>/stamps/<step>.json``) holding a fingerprint of its inputs and its
 arguments; a step whose stamp matches and whose output exists is skipped, like make. ``--force`` reruns all.
@@ -163,6 +172,34 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     steps.run("train", {"manifest": manifest_sha1, "recipe": recipe}, bundle_dir / "model.safetensors", train)
     weights_sha1 = file_sha1(bundle_dir / "model.safetensors")
 
+    loso_dir = out / "loso"
+
+    def loso() -> None:
+        from covidxray.bundle import set_operating_points
+        from covidxray.data.manifest import read_manifest
+
+        points = loso_operating_points(
+            manifest, read_manifest(manifest), recipe, loso_dir, cache_dir, args.workers
+        )
+        if points is None:
+            print("no leave-one-source-out fold (fewer than two sources hold COVID-19): points chosen on val")
+        else:
+            set_operating_points(bundle_dir, points, "balanced")
+            print(
+                "operating points chosen out of source: "
+                + ", ".join(f"{k} p(covid) >= {v['threshold']:.3f}" for k, v in points.items())
+                + "; balanced decides"
+            )
+        (loso_dir / "points.json").parent.mkdir(parents=True, exist_ok=True)
+        (loso_dir / "points.json").write_text(json.dumps(points, indent=2) + "\n")
+
+    steps.run(
+        "loso",
+        {"manifest": manifest_sha1, "recipe": recipe, "weights": weights_sha1},
+        loso_dir / "points.json",
+        loso,
+    )
+
     def guard() -> None:
         from covidxray.data.manifest import read_manifest
         from covidxray.prediction.guard import fit_guard_on_split, guard_summary
@@ -197,6 +234,73 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         export,
     )
     return json.loads((eval_dir / "metrics.json").read_text())
+
+
+def loso_folds(df: Any, cls: str = "covid") -> list[str]:
+    """The sources a leave-one-source-out fold can hold out for ``cls``: each has images of ``cls`` and of other
+    classes, and the other sources together still have ``cls`` to learn from."""
+    label, source = df["label"].astype(str), df["source"].astype(str)
+    with_cls = set(source[label == cls])
+    with_other = set(source[label != cls])
+    return sorted(s for s in with_cls & with_other if with_cls - {s})
+
+
+def loso_operating_points(
+    manifest: Path,
+    df: Any,
+    recipe: dict[str, Any],
+    out: Path,
+    cache_dir: Path,
+    workers: int,
+    cls: str = "covid",
+) -> dict[str, dict] | None:
+    """Train ``recipe`` once per :func:`loso_folds` fold (into ``out/<source>``), predict every image of the held-out
+    source, and choose the screening and balanced points on the pooled predictions (written to
+    ``out/pooled.csv``). None when there is no fold."""
+    import numpy as np
+    import pandas as pd
+
+    from covidxray.bundle import load_bundle
+    from covidxray.evaluation.inference import run_inference
+    from covidxray.evaluation.operating_point import choose_operating_points
+    from covidxray.training.config import TrainConfig
+    from covidxray.training.trainer import train as train_model
+
+    folds = loso_folds(df, cls)
+    if len(folds) < 1:
+        return None
+    pooled = []
+    for fold in folds:
+        run = out / fold
+        cfg = TrainConfig(
+            manifest=str(manifest),
+            out=str(run),
+            cache_dir=str(cache_dir),
+            workers=workers,
+            holdout_source=fold,
+            progress=False,
+            **recipe,
+        )
+        train_model(cfg, df)
+        bundle = load_bundle(run / "model")
+        rows = np.flatnonzero((df["source"].astype(str) == fold).to_numpy())
+        res = run_inference(bundle, df, cache_dir, 64, rows)
+        part = df.iloc[rows][["path", "source", "label", "patient_id"]].copy()
+        part["p"] = res.probabilities[:, list(bundle.config.classes).index(cls)]
+        pooled.append(part)
+    pool = pd.concat(pooled, ignore_index=True)
+    pool.to_csv(out / "pooled.csv", index=False)
+    return choose_operating_points(
+        (pool["label"].astype(str) == cls).to_numpy(),
+        pool["p"].to_numpy(),
+        (pool["source"].astype(str) + ":" + pool["patient_id"].astype(str)).to_numpy(),
+        cls=cls,
+        description=(
+            "pooled out-of-source predictions of leave-one-source-out runs of the same recipe ("
+            + ", ".join(f"{f} held out" for f in folds)
+            + ")"
+        ),
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
