@@ -107,7 +107,7 @@ def test_evaluate_command_end_to_end(tiny_bundle, manifest, tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 9 and NOT_FOR_CLINICAL_USE in page
     assert (out / "report.md").read_text().splitlines()[2] == f"> **{NOT_FOR_CLINICAL_USE}**"
-    assert "macro AUC" in printed and "operating point: covid when p >=" in printed
+    assert "macro AUC" in printed and "screening  p >= " in printed and "<- decides" in printed
     assert str(out / "report.html") in printed and NOT_FOR_CLINICAL_USE in printed
 
 

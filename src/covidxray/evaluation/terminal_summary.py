@@ -32,7 +32,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     for cls, m in overall["per_class"].items():
         lines.append(_row(cls, cell(m["roc_auc"]), cell(m["sensitivity"]), cell(m["specificity"])))
     ops = metrics.get("operating_points")
-    if not (ops and "points" in ops and "threshold" not in (metrics.get("operating_point") or {})):
+    if not (ops and "points" in ops):  # the named points below say which one decides; the val point would not
         lines.append(_operating_point_line(metrics.get("operating_point")))
     lines += operating_points_lines(ops)
     lines.append(_probe_line(metrics.get("probe")))
