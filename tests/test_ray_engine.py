@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import xray_like
+from covidxray.bundle import DEFAULT_MODEL_DIR, read_config
 from covidxray.cli import main
 from covidxray.prediction.batch import columns
 from covidxray.prediction.predictor import load_predictor
@@ -55,6 +56,8 @@ def _same_rows(a: list[dict], b: list[dict], classes: list[str], tol: float = 1e
     assert [r["path"] for r in a] == [r["path"] for r in b]
     for x, y in zip(a, b, strict=True):
         assert (x["label"], x["warnings"], x["error"]) == (y["label"], y["warnings"], y["error"]), x["path"]
+        # the deciding operating point and its threshold survive the shards (they were lost before)
+        assert (x["decided_by"], x["threshold"]) == (y["decided_by"], y["threshold"]), x["path"]
         for c in classes:
             px, py = x[f"p_{c}"], y[f"p_{c}"]
             assert (px == "") == (py == ""), x["path"]
@@ -179,6 +182,8 @@ def test_ray_engine_gives_the_local_rows_on_real_images_and_bad_files(data_root,
     ray_header, ray_rows = _read_csv(tmp_path / "ray.csv")
     assert ray_header == header
     _same_rows(local, ray_rows, classes)
+    decided = {r["decided_by"] for r in ray_rows if r["label"]}
+    assert decided == {read_config(DEFAULT_MODEL_DIR).decision}, decided  # the shipped model's point, not argmax
     errors = {Path(r["path"]).name: r["error"] for r in ray_rows if r["error"]}
     assert set(errors) == {"empty.png", "notes.jpg", "thumbnail.png", "truncated.png"}
     assert sum(1 for r in ray_rows if r["label"]) == 16

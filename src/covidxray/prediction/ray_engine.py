@@ -47,7 +47,7 @@ from covidxray.prediction.predictor import Prediction, Predictor
 RUN_FILE = "_covidxray_run.json"
 SHARD_PATTERN = "part-{:05d}.parquet"
 DEFAULT_SHARD_SIZE = 10_000
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: shards carry the decision (deciding point, threshold) and the lung facts
 MODEL_FILES = {"torch": ("config.json", "model.safetensors")}
 
 
@@ -239,7 +239,8 @@ def predict_paths(
 
 
 def rows_from_predictions(indices: Iterable[int], preds: list[Prediction], classes: list[str]) -> dict:
-    """Columns of one batch of results: index, path, label, p_<class>, warnings, error, error_reason."""
+    """Columns of one batch of results: index, path, label, p_<class>, warnings, error, error_reason, decision
+    and lungs (JSON)."""
     cols: dict[str, Any] = {
         "index": np.asarray(list(indices), dtype=np.int64),
         "path": np.asarray([p.path or "" for p in preds], dtype=object),
@@ -250,6 +251,9 @@ def rows_from_predictions(indices: Iterable[int], preds: list[Prediction], class
     cols["warnings"] = np.asarray([WARNING_SEPARATOR.join(p.warnings) for p in preds], dtype=object)
     cols["error"] = np.asarray([p.error or "" for p in preds], dtype=object)
     cols["error_reason"] = np.asarray([p.error_reason or "" for p in preds], dtype=object)
+    # the deciding operating point and the lung facts travel as JSON, so a shard gives back the local Prediction
+    cols["decision"] = np.asarray([json.dumps(p.decision) if p.decision else "" for p in preds], dtype=object)
+    cols["lungs"] = np.asarray([json.dumps(p.lungs) if p.lungs else "" for p in preds], dtype=object)
     return cols
 
 
@@ -290,6 +294,8 @@ def shard_schema(classes: list[str]):
             ("warnings", pa.string()),
             ("error", pa.string()),
             ("error_reason", pa.string()),
+            ("decision", pa.string()),
+            ("lungs", pa.string()),
         ]
     )
 
@@ -303,7 +309,7 @@ def write_shard(path: Path, columns: dict[str, list], classes: list[str]) -> Non
     data: dict[str, list] = {}
     for name, values in columns.items():
         v = [values[k] for k in order]
-        if name in ("label", "error", "error_reason"):
+        if name in ("label", "error", "error_reason", "decision", "lungs"):
             v = [x or None for x in v]
         elif name.startswith("p_"):
             v = [None if x != x else float(x) for x in v]  # NaN (not predicted) -> null
@@ -323,6 +329,7 @@ def read_shard_predictions(path: Path, classes: list[str]) -> list[Prediction]:
     for k in range(len(t["index"])):
         probs = {c: t[f"p_{c}"][k] for c in classes if t[f"p_{c}"][k] is not None}
         w = t["warnings"][k]
+        decision = json.loads(t["decision"][k]) if t["decision"][k] else None
         preds.append(
             Prediction(
                 t["path"][k],
@@ -331,6 +338,9 @@ def read_shard_predictions(path: Path, classes: list[str]) -> list[Prediction]:
                 w.split(WARNING_SEPARATOR) if w else [],
                 error=t["error"][k],
                 error_reason=t["error_reason"][k],
+                covid_threshold=(decision or {}).get("threshold"),
+                decision=decision,
+                lungs=json.loads(t["lungs"][k]) if t["lungs"][k] else None,
             )
         )
     return preds
