@@ -183,7 +183,9 @@ def test_ray_engine_gives_the_local_rows_on_real_images_and_bad_files(data_root,
     assert ray_header == header
     _same_rows(local, ray_rows, classes)
     decided = {r["decided_by"] for r in ray_rows if r["label"]}
-    assert decided == {read_config(DEFAULT_MODEL_DIR).decision}, decided  # the shipped model's point, not argmax
+    assert decided == {read_config(DEFAULT_MODEL_DIR).decision}, (
+        decided
+    )  # the shipped model's point, not argmax
     errors = {Path(r["path"]).name: r["error"] for r in ray_rows if r["error"]}
     assert set(errors) == {"empty.png", "notes.jpg", "thumbnail.png", "truncated.png"}
     assert sum(1 for r in ray_rows if r["label"]) == 16
