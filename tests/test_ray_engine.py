@@ -82,14 +82,13 @@ def test_importing_covidxray_and_the_local_engine_do_not_import_ray(tmp_path):
     assert (tmp_path / "p.csv").read_text().count("\n") == 2
 
 
-def test_workers_split_the_cluster_cpus_unless_told_otherwise():
-    # --workers 1 on 2 CPUs: one actor with 2 threads, as the local engine runs; an explicit figure wins
-    assert worker_cpus(2, 1, None) == 2
+def test_each_actor_reserves_one_cpu_unless_told_otherwise():
+    # one CPU per actor whatever --workers says (an actor holding all CPUs starves Ray Data's tasks); C wins
+    assert worker_cpus(2, 1, None) == 1
     assert worker_cpus(2, 2, None) == 1
-    assert worker_cpus(8, 3, None) == 2
-    assert worker_cpus(2, 4, None) == 1  # never below 1 (the run then refuses: 4 x 1 > 2 CPUs)
-    assert worker_cpus(2, None, None) == 1  # no --workers: one actor per CPU
-    assert worker_cpus(2, 1, 0.5) == 0.5
+    assert worker_cpus(8, 3, None) == 1
+    assert worker_cpus(2, None, None) == 1
+    assert worker_cpus(2, 1, 0.5) == 0.5 and worker_cpus(8, 2, 4) == 4
 
 
 def test_uris_are_listed_and_read_through_pyarrow_filesystems(tmp_path):

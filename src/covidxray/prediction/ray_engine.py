@@ -58,9 +58,8 @@ class RayEngineError(ValueError):
 @dataclass
 class RayPredictOptions:
     """How ``predict --engine ray`` runs. ``workers=None`` uses every CPU of the cluster (one actor per
-    ``cpus_per_worker``, default 1); ``cpus_per_worker=None`` with ``workers`` set splits the cluster's CPUs
-    evenly between the actors (each runs that many compute threads); ``address=None`` joins a running Ray of
-    this process or starts a local one."""
+    ``cpus_per_worker``); each actor reserves ``cpus_per_worker`` CPUs (None: 1) and runs that many compute
+    threads; ``address=None`` joins a running Ray of this process or starts a local one."""
 
     model: str | None = None
     backend: str = "onnx"
@@ -479,14 +478,14 @@ def predict_with_ray(
 
 
 def worker_cpus(cluster_cpus: float, workers: int | None, cpus_per_worker: float | None) -> float:
-    """CPUs each actor reserves (and its compute threads): ``cpus_per_worker`` if given; else, with ``workers``
-    set, the cluster's CPUs split evenly between them (whole CPUs, at least 1), so ``--workers 1`` on a 2-CPU
-    machine runs one actor with 2 threads as the local engine does; else 1."""
-    if cpus_per_worker is not None:
-        return float(cpus_per_worker)
-    if workers:
-        return float(max(1, int(cluster_cpus // workers)))
-    return 1.0
+    """CPUs each actor reserves (and its compute threads): ``cpus_per_worker`` if given, else 1.
+
+    Not the cluster's CPUs split between the actors: an actor that reserves every CPU leaves none for Ray Data's
+    own tasks, and one 2-CPU actor on this 2-core machine took 98.9 s for 10,000 images where one 1-CPU actor
+    took 80.7 s and the local engine 79.0 s (BENCHMARKS.md, "Ray batch prediction"). ``cluster_cpus`` is kept
+    for the callers that check the request fits the cluster."""
+    del cluster_cpus, workers
+    return float(cpus_per_worker) if cpus_per_worker is not None else 1.0
 
 
 def _run_shards(
