@@ -84,11 +84,8 @@ def test_importing_covidxray_and_the_local_engine_do_not_import_ray(tmp_path):
 
 def test_each_actor_reserves_one_cpu_unless_told_otherwise():
     # one CPU per actor whatever --workers says (an actor holding all CPUs starves Ray Data's tasks); C wins
-    assert worker_cpus(2, 1, None) == 1
-    assert worker_cpus(2, 2, None) == 1
-    assert worker_cpus(8, 3, None) == 1
-    assert worker_cpus(2, None, None) == 1
-    assert worker_cpus(2, 1, 0.5) == 0.5 and worker_cpus(8, 2, 4) == 4
+    assert worker_cpus(None) == 1
+    assert worker_cpus(0.5) == 0.5 and worker_cpus(4) == 4
 
 
 def test_uris_are_listed_and_read_through_pyarrow_filesystems(tmp_path):
@@ -181,10 +178,9 @@ def test_ray_engine_gives_the_local_rows_on_real_images_and_bad_files(data_root,
     ray_header, ray_rows = _read_csv(tmp_path / "ray.csv")
     assert ray_header == header
     _same_rows(local, ray_rows, classes)
+    # the shipped model's deciding point, not argmax
     decided = {r["decided_by"] for r in ray_rows if r["label"]}
-    assert decided == {read_config(DEFAULT_MODEL_DIR).decision}, (
-        decided
-    )  # the shipped model's point, not argmax
+    assert decided == {read_config(DEFAULT_MODEL_DIR).decision}, decided
     errors = {Path(r["path"]).name: r["error"] for r in ray_rows if r["error"]}
     assert set(errors) == {"empty.png", "notes.jpg", "thumbnail.png", "truncated.png"}
     assert sum(1 for r in ray_rows if r["label"]) == 16

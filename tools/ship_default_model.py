@@ -35,6 +35,18 @@ def metrics_rows(name: str, g: dict[str, Any], classes: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def operating_points_markdown(ops: dict[str, Any]) -> list[str]:
+    """The evaluation report's own "Decision at each operating point" section (as a level-3 heading)."""
+    from covidxray.evaluation.document import Report
+    from covidxray.evaluation.metrics_report import add_operating_points
+
+    report = Report("operating points")
+    add_operating_points(report, ops)
+    md = report.to_markdown()
+    section = md[md.index("## Decision at each operating point") : md.rindex("\n---\n")]
+    return ("#" + section).strip().splitlines()
+
+
 def model_card(
     run: Path,
     metrics: dict[str, Any],
@@ -114,22 +126,12 @@ def model_card(
     ops = metrics.get("operating_points", {})
     if ops.get("points"):
         lines += [
-            "Operating points (stored in the bundle and in the ONNX metadata; every prediction of `covidxray "
-            "predict`, the web page and the API names the one that decided and shows p(covid) beside its "
-            f"threshold). Source: {ops.get('source', '?')}. On the test split:",
+            "Every prediction of `covidxray predict`, the web page and the API names the operating point that "
+            "decided and shows p(covid) beside its threshold (the points are in the bundle and the ONNX metadata).",
             "",
-            "| point | rule | threshold on p(covid) | chosen on | decides | test sensitivity | test specificity |",
-            "|---|---|---|---|---|---|---|",
+            *operating_points_markdown(ops),
+            "",
         ]
-        for name, pt in ops["points"].items():
-            chosen = pt.get("chosen_on") or {}
-            where = chosen.get("description", chosen) if isinstance(chosen, dict) else chosen
-            lines.append(
-                f"| {name} | {pt.get('rule', '')} | {pt.get('threshold', float('nan')):.4f} | {where} | "
-                f"{'**yes**' if pt.get('decides') else 'no'} | {ci(pt.get('sensitivity'))} | "
-                f"{ci(pt.get('specificity'))} |"
-            )
-        lines.append("")
     elif "threshold" in op:
         lines += [
             f"Operating point (stored in the bundle and used by `covidxray predict` and the web app): predict "

@@ -477,14 +477,11 @@ def predict_with_ray(
     return result
 
 
-def worker_cpus(cluster_cpus: float, workers: int | None, cpus_per_worker: float | None) -> float:
-    """CPUs each actor reserves (and its compute threads): ``cpus_per_worker`` if given, else 1.
-
-    Not the cluster's CPUs split between the actors: an actor that reserves every CPU leaves none for Ray Data's
-    own tasks, and one 2-CPU actor on this 2-core machine took 98.9 s for 10,000 images where one 1-CPU actor
-    took 80.7 s and the local engine 79.0 s (BENCHMARKS.md, "Ray batch prediction"). ``cluster_cpus`` is kept
-    for the callers that check the request fits the cluster."""
-    del cluster_cpus, workers
+def worker_cpus(cpus_per_worker: float | None) -> float:
+    """CPUs each actor reserves (and its compute threads): ``cpus_per_worker`` if given, else 1 -- not the
+    cluster's CPUs split between the actors: an actor that reserves every CPU leaves none for Ray Data's own
+    tasks (one 2-CPU actor on this 2-core machine took 98.9 s for 10,000 images where one 1-CPU actor took 80.7 s
+    and the local engine 79.0 s; BENCHMARKS.md, "Ray batch prediction")."""
     return float(cpus_per_worker) if cpus_per_worker is not None else 1.0
 
 
@@ -515,7 +512,7 @@ def _run_shards(
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        per_worker = worker_cpus(cpus, options.workers, options.cpus_per_worker)
+        per_worker = worker_cpus(options.cpus_per_worker)
         workers = options.workers or max(1, int(cpus // per_worker))
         if workers * per_worker > cpus:  # the actors would wait for CPUs forever
             raise RayEngineError(
