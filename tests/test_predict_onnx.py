@@ -112,3 +112,16 @@ def test_jsonl_batch_with_glob_and_onnx(exported, images, tmp_path, capsys):
     assert rows[0]["warnings"] == [] and rows[0]["error"] is None
     assert all(r["decided_by"] == "screening" and r["threshold"] == 0.2 for r in rows)
     assert "5 images: 5 predicted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lung_segmenter_runs_with_the_predictors_own_threads(exported, images, threads):
+    """A 1-thread predictor (what a 1-CPU Ray actor builds) segments with 1 thread too: before, the shipped
+    segmenter always took 2 intra-op threads and oversubscribed the actor's core."""
+    from covidxray.prediction.onnx_backend import OnnxBackend
+    from covidxray.prediction.predictor import Predictor
+
+    predictor = Predictor(OnnxBackend(exported / "model.onnx", threads=threads))
+    assert predictor.predict_batch([str(p) for p in images[:2]])[0].lungs  # the lung check ran
+    session = predictor._segmenter._run.session
+    assert session.get_session_options().intra_op_num_threads == threads

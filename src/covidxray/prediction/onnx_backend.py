@@ -56,8 +56,9 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, path: str | Path, threads: int = 2):
+        self.threads = max(1, int(threads))
         try:
-            self.session = make_session(path, threads)
+            self.session = make_session(path, self.threads)
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load this file: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map

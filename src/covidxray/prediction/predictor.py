@@ -258,7 +258,10 @@ class Predictor:
         if self._segmenter is None:
             from covidxray.segmentation.segmenter import default_segmenter
 
-            self._segmenter = default_segmenter("onnx")
+            # as many threads as the model's backend: a 1-thread predictor (a 1-CPU Ray actor) stays on its core
+            self._segmenter = default_segmenter(
+                "onnx", threads=getattr(self.members[0].backend, "threads", 2)
+            )
         return self._segmenter.segment_many(images)
 
     def _result(

@@ -27,6 +27,11 @@ class TorchBackend:
         self.version = weights_version(bundle.config.architecture, Path(bundle_path) / WEIGHTS_FILE)
         self.source = str(bundle_path)
 
+    @property
+    def threads(self) -> int:
+        """torch's intra-op threads (process-wide)."""
+        return torch.get_num_threads()
+
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Model inputs (N, C, S, S) in [0, 1] -> probabilities (N, K), features (N, F)."""
         with torch.inference_mode():

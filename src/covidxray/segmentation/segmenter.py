@@ -240,14 +240,19 @@ def default_segmenter_facts() -> dict[str, Any] | None:
         return None
 
 
-_DEFAULT: dict[str, Segmenter] = {}
+_DEFAULT: dict[tuple[str, int], Segmenter] = {}
 
 
-def default_segmenter(backend: str = "onnx") -> Segmenter:
-    """The shipped segmenter, loaded once per process and backend."""
-    if backend not in _DEFAULT:
-        _DEFAULT[backend] = load_segmenter(None, backend=backend)
-    return _DEFAULT[backend]
+def default_segmenter(backend: str = "onnx", threads: int = 2) -> Segmenter:
+    """The shipped segmenter, loaded once per process, backend and thread count.
+
+    ``threads`` should match the caller's own compute threads: a one-thread predictor (a 1-CPU Ray actor, say)
+    that segmented with two threads would oversubscribe its core.
+    """
+    key = (backend, max(1, int(threads)))
+    if key not in _DEFAULT:
+        _DEFAULT[key] = load_segmenter(None, backend=backend, threads=key[1])
+    return _DEFAULT[key]
 
 
 def lung_mask_fn(preprocessing: Preprocessing) -> Callable[[np.ndarray], np.ndarray] | None:
