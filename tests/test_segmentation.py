@@ -67,6 +67,26 @@ def test_lungcrop_crops_to_the_mask_box_plus_margin():
     assert lungs.shape == (32, 32) and lungs.mean() > 0.7
 
 
+def test_lungmask_crops_like_lungcrop_then_blacks_out_what_is_outside_the_lungs():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.2, 1.0, (100, 120)).astype(np.float32)  # texture everywhere, never black
+    crop = Preprocessing(image_size=48, resize="lungcrop", intensity="none", lungcrop_margin=0.1)
+    masked = Preprocessing(image_size=48, resize="lungmask", intensity="none", lungcrop_margin=0.1)
+    a, b = crop.canonical(img, two_lungs()), masked.canonical(img, two_lungs())
+    lungs = masked.canonical_mask(two_lungs())
+    assert a.min() > 0 and (b == 0).any()  # the plain crop keeps the margin; the mask blacks it out
+    assert np.array_equal(a[lungs], b[lungs])  # the lung fields are untouched (intensity "none")
+    assert masked.needs_lungs and "lung_segmenter" in masked.cache_key()
+    # equalisation: its histogram comes from the (widened) lung fields only, and the outside stays black
+    eq = Preprocessing(image_size=48, resize="lungmask", lungcrop_margin=0.1).canonical(img, two_lungs())
+    assert (eq[~lungs] == 0).mean() > 0.5 and eq[lungs].max() == 255
+    with pytest.raises(ValueError, match="lung mask"):
+        masked.canonical(img)
+    # no usable mask: the whole image, nothing blacked out (as lungcrop falls back)
+    whole = masked.canonical(img, np.zeros((100, 120), bool))
+    assert whole.shape == (48, 48) and whole.min() > 0
+
+
 # -- the shipped segmenter on real images --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def jsrt_pairs(data_root):

@@ -27,11 +27,14 @@ from dataclasses import asdict, dataclass, fields
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 
 from covidxray.about import __version__
 
-RESIZE_MODES = ("squash", "pad", "crop", "lungcrop")
+RESIZE_MODES = ("squash", "pad", "crop", "lungcrop", "lungmask")
+LUNGMASK_DILATION = (
+    0.04  # resize == "lungmask": the lung fields are widened by this share of the side (S) before masking
+)
 # A lung mask (bool (H, W), the image's size) or a function computing it from the grayscale float image.
 LungMask = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]  # noqa: UP007
 MIN_LUNG_BOX = 0.2  # a lung box narrower/shorter than this share of the image is not trusted: no crop
@@ -108,8 +111,12 @@ class Preprocessing:
     percentiles: tuple[float, float] = (1.0, 99.0)  # for intensity == "percentile"
     mean: float = 0.5  # applied inside the network (see covidxray.models.wrapper)
     std: float = 0.25
-    lungcrop_margin: float = 0.1  # resize == "lungcrop": box widened by this share of its size on each side
-    lung_segmenter: str = ""  # resize == "lungcrop": version of the segmenter whose masks define the crop
+    lungcrop_margin: float = (
+        0.1  # resize == "lungcrop"/"lungmask": box widened by this share of its size per side
+    )
+    lung_segmenter: str = (
+        ""  # resize == "lungcrop"/"lungmask": version of the segmenter whose masks define the crop
+    )
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -125,8 +132,8 @@ class Preprocessing:
 
     @property
     def needs_lungs(self) -> bool:
-        """True when :meth:`canonical` needs the image's lung mask (``resize == "lungcrop"``)."""
-        return self.resize == "lungcrop"
+        """True when :meth:`canonical` needs the image's lung mask (``resize`` ``lungcrop`` or ``lungmask``)."""
+        return self.resize in ("lungcrop", "lungmask")
 
     # -- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -165,39 +172,60 @@ class Preprocessing:
     def canonical(self, pixels: np.ndarray, lung_mask: LungMask | None = None) -> np.ndarray:
         """Grayscale float image in [0, 1] (H, W) -> uint8 (S, S).
 
-        ``lung_mask`` is needed for ``resize="lungcrop"`` only (ignored otherwise).
+        ``lung_mask`` is needed for ``resize`` ``lungcrop`` / ``lungmask`` only (ignored otherwise). ``lungmask``
+        crops like ``lungcrop``, then blacks out everything outside the lung fields (widened by
+        :data:`LUNGMASK_DILATION`); the intensity normalisation then sees the lung fields only.
         """
         if pixels.ndim != 2:
             raise ValueError(f"expected a 2-D grayscale image, got shape {pixels.shape}")
         s = int(self.image_size)
+        mask = self._lung_mask(pixels, lung_mask)
+        box = lung_box(mask, self.lungcrop_margin) if mask is not None else None
         img = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-        img = self._fit(img, self.crop_box(pixels, lung_mask), Image.Resampling.BILINEAR)
+        img = self._fit(img, box, Image.Resampling.BILINEAR)
+        keep = None
+        if self.resize == "lungmask" and box is not None:
+            m = self._fit(
+                Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L"),
+                box,
+                Image.Resampling.NEAREST,
+            )
+            k = 2 * max(1, round(LUNGMASK_DILATION * s)) + 1
+            keep = m.filter(ImageFilter.MaxFilter(k))
         if self.intensity == "equalize":
-            img = ImageOps.equalize(img)
-            return np.asarray(img, dtype=np.uint8)
+            img = ImageOps.equalize(img, mask=keep)
+            out = np.asarray(img, dtype=np.uint8)
+            return out if keep is None else np.where(np.asarray(keep) > 127, out, 0).astype(np.uint8)
         arr = np.asarray(img, dtype=np.float32)
+        if keep is not None:
+            arr = np.where(np.asarray(keep) > 127, arr, 0.0)
         if self.intensity == "percentile":
-            lo, hi = np.percentile(arr, self.percentiles)
+            lo, hi = np.percentile(arr if keep is None else arr[np.asarray(keep) > 127], self.percentiles)
         elif self.intensity == "minmax":
             lo, hi = float(arr.min()), float(arr.max())
         else:
             return arr.astype(np.uint8)
         if hi <= lo:
             return np.zeros((s, s), dtype=np.uint8)
-        return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+        out = np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+        return out if keep is None else np.where(np.asarray(keep) > 127, out, 0).astype(np.uint8)
 
-    def crop_box(self, pixels: np.ndarray, lung_mask: LungMask | None) -> tuple[int, int, int, int] | None:
-        """The lung crop (left, top, right, bottom) of ``resize="lungcrop"``; None otherwise or when the mask
-        gives no usable box (then the whole image is used)."""
+    def _lung_mask(self, pixels: np.ndarray, lung_mask: LungMask | None) -> np.ndarray | None:
+        """The image's lung mask when the resize mode needs one (computed if a function was given)."""
         if not self.needs_lungs:
             return None
         if lung_mask is None:
             raise ValueError(
-                "resize='lungcrop' needs the image's lung mask: pass "
+                f"resize={self.resize!r} needs the image's lung mask: pass "
                 "lung_mask=covidxray.segmentation.lung_mask_fn(preprocessing)"
             )
-        mask = lung_mask(pixels) if callable(lung_mask) else lung_mask
-        return lung_box(mask, self.lungcrop_margin)
+        return lung_mask(pixels) if callable(lung_mask) else lung_mask
+
+    def crop_box(self, pixels: np.ndarray, lung_mask: LungMask | None) -> tuple[int, int, int, int] | None:
+        """The lung crop (left, top, right, bottom) of ``resize`` ``lungcrop`` / ``lungmask``; None otherwise or
+        when the mask gives no usable box (then the whole image is used)."""
+        mask = self._lung_mask(pixels, lung_mask)
+        return lung_box(mask, self.lungcrop_margin) if mask is not None else None
 
     def _fit(self, img: Image.Image, box: tuple[int, int, int, int] | None, resample) -> Image.Image:
         s = int(self.image_size)

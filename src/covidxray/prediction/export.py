@@ -28,7 +28,7 @@ from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle, onnx_config
 from covidxray.models.base import XRayNet
 from covidxray.prediction.backend import ModelLoadError, weights_version
 from covidxray.prediction.onnx_backend import INPUT_NAME, OUTPUTS, VERSION_KEY, make_session
-from covidxray.preprocess import Preprocessing
+from covidxray.preprocess import LUNGMASK_DILATION, Preprocessing
 
 DEFAULT_OPSET = 18
 AGREEMENT_TOLERANCE = 1e-4
@@ -54,6 +54,10 @@ def describe_preprocessing(p: Preprocessing) -> str:
         "lungcrop": f"crop to the lung fields' bounding box (covidxray lung segmenter {p.lung_segmenter or '?'}, "
         f"its ONNX in the covidxray package) widened by {p.lungcrop_margin:g} of its size on each side, then "
         f"resize to {p.image_size}x{p.image_size} (bilinear)",
+        "lungmask": f"crop to the lung fields' bounding box (covidxray lung segmenter {p.lung_segmenter or '?'}, "
+        f"its ONNX in the covidxray package) widened by {p.lungcrop_margin:g} of its size on each side, resize to "
+        f"{p.image_size}x{p.image_size} (bilinear), then black out everything outside the lung fields widened by "
+        f"{LUNGMASK_DILATION:g} of the side (the intensity step sees the lung fields only)",
     }[p.resize]
     intensity = {
         "equalize": "histogram equalisation (PIL ImageOps.equalize) on the 8-bit image",

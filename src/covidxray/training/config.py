@@ -158,7 +158,7 @@ class TrainConfig:
         from covidxray.preprocess import Preprocessing
 
         segmenter = ""
-        if self.resize == "lungcrop":  # the crops depend on the segmenter: record which one
+        if self.resize in ("lungcrop", "lungmask"):  # the crops depend on the segmenter: record which one
             from covidxray.segmentation.segmenter import default_segmenter_version
 
             segmenter = default_segmenter_version()
