@@ -14,7 +14,7 @@ class SegTrainConfig:
     root: str = "../shared/data"
     out: str = "runs/segmenter"
     image_size: int = 160
-    epochs: int = 22
+    epochs: int = 36
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
