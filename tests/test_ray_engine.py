@@ -82,10 +82,11 @@ def test_importing_covidxray_and_the_local_engine_do_not_import_ray(tmp_path):
     assert (tmp_path / "p.csv").read_text().count("\n") == 2
 
 
-def test_each_actor_reserves_one_cpu_unless_told_otherwise():
-    # one CPU per actor whatever --workers says (an actor holding all CPUs starves Ray Data's tasks); C wins
-    assert worker_cpus(None) == 1
-    assert worker_cpus(0.5) == 0.5 and worker_cpus(4) == 4
+def test_actors_split_the_cluster_when_workers_is_given_else_take_one_cpu_each():
+    assert worker_cpus(None) == 1 and worker_cpus(None, None, 8) == 1  # one actor per CPU
+    assert worker_cpus(None, 1, 2) == 2  # --workers 1 on 2 CPUs: the local engine's resources
+    assert worker_cpus(None, 2, 2) == 1 and worker_cpus(None, 3, 8) == 2 and worker_cpus(None, 4, 2) == 1
+    assert worker_cpus(0.5, 1, 2) == 0.5 and worker_cpus(4) == 4  # --cpus-per-worker C wins
 
 
 def test_uris_are_listed_and_read_through_pyarrow_filesystems(tmp_path):

@@ -41,8 +41,8 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="C",
-        help="CPUs each actor reserves, and its compute threads (default: 1; one actor per core was the "
-        "fastest here, and an actor holding every CPU starves Ray Data's own tasks)",
+        help="CPUs each actor reserves, and its compute threads (default: with --workers N the cluster's CPUs "
+        "split evenly between the N actors, else 1: one actor per CPU, the fastest layout measured here)",
     )
     g.add_argument(
         "--shard-size",

@@ -58,8 +58,8 @@ class RayEngineError(ValueError):
 @dataclass
 class RayPredictOptions:
     """How ``predict --engine ray`` runs. ``workers=None`` uses every CPU of the cluster (one actor per
-    ``cpus_per_worker``); each actor reserves ``cpus_per_worker`` CPUs (None: 1) and runs that many compute
-    threads; ``address=None`` joins a running Ray of this process or starts a local one."""
+    ``cpus_per_worker``); each actor reserves ``cpus_per_worker`` CPUs (None: the cluster's CPUs split between
+    ``workers`` actors, or 1 when ``workers`` is None -- :func:`worker_cpus`) and runs that many compute threads; ``address=None`` joins a running Ray of this process or starts a local one."""
 
     model: str | None = None
     backend: str = "onnx"
@@ -477,12 +477,18 @@ def predict_with_ray(
     return result
 
 
-def worker_cpus(cpus_per_worker: float | None) -> float:
-    """CPUs each actor reserves (and its compute threads): ``cpus_per_worker`` if given, else 1 -- not the
-    cluster's CPUs split between the actors: an actor that reserves every CPU leaves none for Ray Data's own
-    tasks (one 2-CPU actor on this 2-core machine took 98.9 s for 10,000 images where one 1-CPU actor took 80.7 s
-    and the local engine 79.0 s; BENCHMARKS.md, "Ray batch prediction")."""
-    return float(cpus_per_worker) if cpus_per_worker is not None else 1.0
+def worker_cpus(
+    cpus_per_worker: float | None, workers: int | None = None, cluster_cpus: float = 1.0
+) -> float:
+    """CPUs each actor reserves (and its compute threads): ``cpus_per_worker`` if given; else, with ``--workers
+    N``, the cluster's CPUs split evenly between the N actors (whole CPUs, at least 1), so ``--workers 1`` gets
+    the resources the local engine uses; else 1 (one actor per CPU, the fastest layout measured here: two 1-CPU
+    actors beat the local engine by ~20 % on 2 cores; BENCHMARKS.md, "Ray batch prediction")."""
+    if cpus_per_worker is not None:
+        return float(cpus_per_worker)
+    if workers:
+        return float(max(1, int(cluster_cpus // workers)))
+    return 1.0
 
 
 def _run_shards(
@@ -512,7 +518,7 @@ def _run_shards(
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        per_worker = worker_cpus(options.cpus_per_worker)
+        per_worker = worker_cpus(options.cpus_per_worker, options.workers, cpus)
         workers = options.workers or max(1, int(cpus // per_worker))
         if workers * per_worker > cpus:  # the actors would wait for CPUs forever
             raise RayEngineError(
