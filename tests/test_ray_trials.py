@@ -71,3 +71,29 @@ def test_crossval_and_compare_on_ray_give_the_local_outputs(tmp_path, ray_local,
     assert [_without(r, "images_per_second") for r in a["runs"]] == [
         _without(r, "images_per_second") for r in b["runs"]
     ]
+
+
+def test_compare_trains_models_as_trials_and_ray_gives_the_local_runs(tmp_path, ray_local, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    manifest = write_manifest(root, layout=LAYOUT, images_per_patient=1)
+    common = ["compare", "--train", "resnet18", "seed_cnn2", "--manifest", str(manifest), "--epochs", "1",
+              "--image-size", "32", "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "50",
+              "--no-probe", "--lung-attention", "0"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray"]) == 0
+    err = capsys.readouterr().err
+    assert "2 Ray task(s), 1 CPU(s) each" in err and "done: training of seed_cnn2" in err
+    for name in ("resnet18", "seed_cnn2"):  # one run per model under OUT, the same weights either way
+        a, b = _weights(tmp_path / "local" / name), _weights(tmp_path / "ray" / name)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        cfg = json.loads((tmp_path / "ray" / name / "model" / "config.json").read_text())
+        assert cfg["architecture"]["name"] == name and cfg["preprocessing"]["image_size"] == 32
+    a, b = (json.loads((tmp_path / d / "comparison.json").read_text()) for d in ("local", "ray"))
+    assert a["metrics"] == b["metrics"] and [r["name"] for r in a["runs"]] == ["resnet18", "seed_cnn2"]
+    # a finished run is kept (no second training), and --train without --manifest is a usage error
+    before = (tmp_path / "local" / "seed_cnn2" / "run.json").stat().st_mtime_ns
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert (tmp_path / "local" / "seed_cnn2" / "run.json").stat().st_mtime_ns == before
+    assert main(["compare", "--train", "seed_cnn2", "--out", str(tmp_path / "x")]) == 2
+    assert main(["compare", "--out", str(tmp_path / "x")]) == 2

@@ -192,7 +192,7 @@ def train_options(args: argparse.Namespace) -> dict:
     opts = read_options(args.config) if args.config else {}
     fixed = sorted(set(opts) - set(CROSSVAL_TRAIN_FIELDS))
     if fixed:
-        raise ConfigError(f"{args.config}: crossval sets {fixed} itself; remove them from the file")
+        raise ConfigError(f"{args.config}: {args.command} sets {fixed} itself; remove them from the file")
     opts.update(given_train_options(args, CROSSVAL_TRAIN_FIELDS, "train_"))
     if isinstance(opts.get("classes"), str):
         opts["classes"] = [c.strip() for c in opts["classes"].split(",") if c.strip()]
@@ -269,14 +269,43 @@ def _crossval(args: argparse.Namespace) -> int:
 # -- compare -----------------------------------------------------------------------------------------------------
 def _compare(args: argparse.Namespace) -> int:
     from covidxray.bundle import BundleError
-    from covidxray.evaluation.compare import compare
+    from covidxray.evaluation.compare import compare, train_run
+    from covidxray.evaluation.ray_trials import run_locally, runner_from_args
+    from covidxray.training.config import ConfigError
 
-    bundles = [resolve_bundle(r) for r in args.runs]
-    evaluations = [default_evaluation_dir(b) for b in bundles]
-    options = _options(args, split=args.split) if args.manifest else None
+    if not args.runs and not args.train:
+        raise CLIError("give run folders to compare, or --train MODEL ... with --manifest", 2)
+    if args.train and not args.manifest:
+        raise CLIError("--train needs --manifest: the data to train and evaluate on", 2)
     if args.manifest and not args.manifest.is_file():
         raise CLIError(f"{args.manifest}: manifest not found", EXIT_INPUT)
-    from covidxray.evaluation.ray_trials import runner_from_args
+    if args.config and not args.config.is_file():
+        raise CLIError(f"config file {args.config} not found", EXIT_INPUT)
+    runs = list(args.runs)
+    if args.train:  # one training per model: a trial each, here or as Ray tasks, every run in OUT/<model>
+        names = list(dict.fromkeys(args.train))
+        try:
+            opts = train_options(args)
+            runner = runner_from_args(args, describe=lambda kw: f"training of {kw['model']}")
+            calls = [
+                {
+                    "manifest": str(args.manifest),
+                    "model": name,
+                    "out": str(Path(args.out) / name),
+                    "cache_dir": str(args.cache_dir),
+                    "train_options": opts,
+                    "retrain": args.retrain,
+                }
+                for name in names
+            ]
+            runs += (runner or run_locally)(train_run, calls)
+        except ConfigError as exc:
+            raise CLIError(str(exc), 2) from exc
+        except ValueError as exc:
+            raise CLIError(str(exc), EXIT_INPUT) from exc
+    bundles = [resolve_bundle(r) for r in runs]
+    evaluations = [default_evaluation_dir(b) for b in bundles]
+    options = _options(args, split=args.split) if args.manifest else None
 
     try:
         runner = runner_from_args(args, describe=lambda kw: f"evaluation of {kw['bundle']}")
@@ -335,16 +364,34 @@ def _register_compare(subparsers) -> None:
         "compare",
         help="models side by side: parameters, training time, images/s, every metric with its interval",
         description=(
-            "Compare trained runs (run folders or bundle folders). Metrics come from each run's evaluation "
-            "(<run>/evaluation/metrics.json); runs without one are evaluated first when --manifest is given. "
+            "Compare trained runs (run folders or bundle folders), or train models first under one protocol "
+            "(--train MODEL ..., one trial per model, as Ray tasks with --engine ray). Metrics come from each "
+            "run's evaluation (<run>/evaluation/metrics.json); runs without one are evaluated first when "
+            "--manifest is given. "
             "Writes comparison.md, comparison.html and comparison.json. " + NOT_FOR_CLINICAL_USE
         ),
     )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (with model/) or bundle folders")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run folders (with model/) or bundle folders")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
-        "--manifest", type=Path, default=None, help="manifest to evaluate runs that have no evaluation"
+        "--manifest",
+        type=Path,
+        default=None,
+        help="manifest to train on (--train) and to evaluate runs that have no evaluation",
     )
+    p.add_argument(
+        "--train",
+        nargs="+",
+        metavar="MODEL",
+        default=[],
+        help="registered architectures to train first, one run each in OUT/MODEL under one protocol (the "
+        "training flags below; a finished run is kept unless --retrain), then compared with the RUNs",
+    )
+    p.add_argument("--retrain", action="store_true", help="with --train: train again even when a run exists")
+    p.add_argument(
+        "--config", type=Path, help="with --train: YAML or JSON file of training options; flags override it"
+    )
+    add_train_flags(p, CROSSVAL_TRAIN_FIELDS, "train_", CROSSVAL_FLAG_NAMES)
     p.add_argument(
         "--split",
         default="test",
@@ -352,7 +399,7 @@ def _register_compare(subparsers) -> None:
         help="split to evaluate missing runs on (default: %(default)s)",
     )
     _add_evaluation_options(p)
-    add_engine_arguments(p, "evaluations of runs that lack one")
+    add_engine_arguments(p, "trainings (--train) and evaluations of runs that lack one")
     p.set_defaults(func=_compare)
 
 

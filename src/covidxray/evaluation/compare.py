@@ -223,6 +223,30 @@ def evaluate_run(
     return str(eval_dir / METRICS_FILE)
 
 
+def train_run(
+    manifest: str | Path,
+    model: str,
+    out: str | Path,
+    cache_dir: str | Path = "runs/cache",
+    train_options: dict[str, Any] | None = None,
+    retrain: bool = False,
+) -> str:
+    """Train ``model`` on ``manifest`` into ``out`` (kept when its run finished and not ``retrain``); returns the
+    run folder. A trial of its own: ``compare --train`` runs one per model, here or as Ray tasks."""
+    from covidxray.training.config import TrainConfig
+    from covidxray.training.trainer import train
+
+    run = Path(out)
+    done = run / "run.json"
+    if not retrain and done.is_file() and (run / "model" / "config.json").is_file():
+        if json.loads(done.read_text()).get("status") == "completed":
+            return str(run)
+    cfg = TrainConfig(
+        manifest=str(manifest), model=model, out=str(run), cache_dir=str(cache_dir), **(train_options or {})
+    )
+    return str(train(cfg))
+
+
 def compare(
     bundles: list[Path],
     out_dir: str | Path,
