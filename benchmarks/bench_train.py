@@ -5,6 +5,11 @@ then timed steps until 5 are done or the ~10 s budget is spent (at least 1). Pri
 ``benchmarks/results/bench_train.json``.
 
     .venv/bin/python benchmarks/bench_train.py [--models seed_cnn6,resnet18] [--sizes 128,224] [--threads 2]
+        [--memory-format both --out benchmarks/results/bench_train_channels_last.json]
+
+``--memory-format`` picks the tensor layout of the model and its input: ``nchw`` (PyTorch's default, the table's
+original figures), ``channels_last`` (what ``covidxray train`` uses) or ``both`` (each entry in both layouts, with
+the speed-up).
 """
 
 from __future__ import annotations
@@ -26,12 +31,23 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "bench_train.json"
 
 
-def time_training(name: str, size: int, batch: int, steps: int, budget_s: float, warmup: int = 2) -> dict:
+def time_training(
+    name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    budget_s: float,
+    warmup: int = 2,
+    channels_last: bool = False,
+) -> dict:
     """Images/s of training steps of ``name`` at ``size`` px (after ``warmup`` untimed steps)."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, in_channels=1, image_size=size).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.rand(batch, 1, size, size)
+    if channels_last:  # as covidxray.training.trainer does
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     y = torch.arange(batch) % 3
 
     def step() -> None:
@@ -51,6 +67,7 @@ def time_training(name: str, size: int, batch: int, steps: int, budget_s: float,
     return {
         "model": name,
         "image_size": size,
+        "memory_format": "channels_last" if channels_last else "nchw",
         "batch": batch,
         "timed_steps": len(times),
         "median_step_s": round(per_step, 4),
@@ -93,25 +110,31 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=float, default=10.0, help="seconds of timed steps per entry (at least one)"
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory-format", choices=("nchw", "channels_last", "both"), default="nchw")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     sizes = [int(s) for s in args.sizes.split(",")]
 
+    formats = {"nchw": [False], "channels_last": [True], "both": [False, True]}[args.memory_format]
     rows = []
-    print(f"{'model':<16}{'size':>6}{'params':>13}{'steps':>7}{'s/step':>9}{'images/s':>10}", flush=True)
+    print(f"{'model':<16}{'size':>6}{'layout':>15}{'params':>13}{'steps':>7}{'s/step':>9}{'images/s':>10}{'speed-up':>10}", flush=True)  # fmt: skip
     for name in models:
         for size in sizes:
-            row = time_training(name, size, args.batch, args.steps, args.budget)
-            rows.append(row)
-            # written after every entry, so an interrupted long run keeps its figures
-            _write(args.out, rows, args.threads)
-            print(
-                f"{name:<16}{size:>6}{row['parameters']:>13,}{row['timed_steps']:>7}"
-                f"{row['median_step_s']:>9.3f}{row['images_per_s']:>10.1f}",
-                flush=True,
-            )
+            for cl in formats:
+                row = time_training(name, size, args.batch, args.steps, args.budget, channels_last=cl)
+                if cl and len(formats) == 2:
+                    row["speedup_vs_nchw"] = round(row["images_per_s"] / rows[-1]["images_per_s"], 2)
+                rows.append(row)
+                # written after every entry, so an interrupted long run keeps its figures
+                _write(args.out, rows, args.threads)
+                up = f"x{row['speedup_vs_nchw']:.2f}" if "speedup_vs_nchw" in row else ""
+                print(
+                    f"{name:<16}{size:>6}{row['memory_format']:>15}{row['parameters']:>13,}{row['timed_steps']:>7}"
+                    f"{row['median_step_s']:>9.3f}{row['images_per_s']:>10.1f}{up:>10}",
+                    flush=True,
+                )
     print(f"wrote {args.out}")
     return 0
 
