@@ -92,8 +92,12 @@ def test_compare_trains_models_as_trials_and_ray_gives_the_local_runs(tmp_path, 
     a, b = (json.loads((tmp_path / d / "comparison.json").read_text()) for d in ("local", "ray"))
     assert a["metrics"] == b["metrics"] and [r["name"] for r in a["runs"]] == ["resnet18", "seed_cnn2"]
     # a finished run is kept (no second training), and --train without --manifest is a usage error
-    before = (tmp_path / "local" / "seed_cnn2" / "run.json").stat().st_mtime_ns
+    run_json = (
+        tmp_path / "local" / "seed_cnn2" / "run.json"
+    )  # a run stopped by its time budget is finished too
+    run_json.write_text(run_json.read_text().replace('"status": "completed"', '"status": "time_budget"'))
+    before = run_json.stat().st_mtime_ns
     assert main([*common, "--out", str(tmp_path / "local")]) == 0
-    assert (tmp_path / "local" / "seed_cnn2" / "run.json").stat().st_mtime_ns == before
+    assert run_json.stat().st_mtime_ns == before
     assert main(["compare", "--train", "seed_cnn2", "--out", str(tmp_path / "x")]) == 2
     assert main(["compare", "--out", str(tmp_path / "x")]) == 2

@@ -231,15 +231,16 @@ def train_run(
     train_options: dict[str, Any] | None = None,
     retrain: bool = False,
 ) -> str:
-    """Train ``model`` on ``manifest`` into ``out`` (kept when its run finished and not ``retrain``); returns the
-    run folder. A trial of its own: ``compare --train`` runs one per model, here or as Ray tasks."""
+    """Train ``model`` on ``manifest`` into ``out`` (kept when its run finished -- completed, early-stopped or out
+    of time budget -- and not ``retrain``); returns the run folder. A trial of its own: ``compare --train`` runs
+    one per model, here or as Ray tasks."""
     from covidxray.training.config import TrainConfig
     from covidxray.training.trainer import train
 
     run = Path(out)
     done = run / "run.json"
     if not retrain and done.is_file() and (run / "model" / "config.json").is_file():
-        if json.loads(done.read_text()).get("status") == "completed":
+        if json.loads(done.read_text()).get("status") != "running":  # "running": interrupted, train again
             return str(run)
     cfg = TrainConfig(
         manifest=str(manifest), model=model, out=str(run), cache_dir=str(cache_dir), **(train_options or {})
