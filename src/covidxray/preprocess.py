@@ -32,9 +32,8 @@ from PIL import Image, ImageFilter, ImageOps
 from covidxray.about import __version__
 
 RESIZE_MODES = ("squash", "pad", "crop", "lungcrop", "lungmask")
-LUNGMASK_DILATION = (
-    0.04  # resize == "lungmask": the lung fields are widened by this share of the side (S) before masking
-)
+# resize == "lungmask": the lung fields are widened by this share of the side (S) before masking
+LUNGMASK_DILATION = 0.04
 # A lung mask (bool (H, W), the image's size) or a function computing it from the grayscale float image.
 LungMask = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]  # noqa: UP007
 MIN_LUNG_BOX = 0.2  # a lung box narrower/shorter than this share of the image is not trusted: no crop
@@ -111,12 +110,10 @@ class Preprocessing:
     percentiles: tuple[float, float] = (1.0, 99.0)  # for intensity == "percentile"
     mean: float = 0.5  # applied inside the network (see covidxray.models.wrapper)
     std: float = 0.25
-    lungcrop_margin: float = (
-        0.1  # resize == "lungcrop"/"lungmask": box widened by this share of its size per side
-    )
-    lung_segmenter: str = (
-        ""  # resize == "lungcrop"/"lungmask": version of the segmenter whose masks define the crop
-    )
+    # resize == "lungcrop" / "lungmask": the lung box is widened by this share of its size on each side, and
+    # lung_segmenter is the version of the segmenter whose masks define it
+    lungcrop_margin: float = 0.1
+    lung_segmenter: str = ""
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -183,24 +180,20 @@ class Preprocessing:
         box = lung_box(mask, self.lungcrop_margin) if mask is not None else None
         img = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
         img = self._fit(img, box, Image.Resampling.BILINEAR)
-        keep = None
+        keep = None  # lungmask: the widened lung fields in the canonical frame ("L", 255 inside)
         if self.resize == "lungmask" and box is not None:
-            m = self._fit(
-                Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L"),
-                box,
-                Image.Resampling.NEAREST,
-            )
+            m = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L")
             k = 2 * max(1, round(LUNGMASK_DILATION * s)) + 1
-            keep = m.filter(ImageFilter.MaxFilter(k))
+            keep = self._fit(m, box, Image.Resampling.NEAREST).filter(ImageFilter.MaxFilter(k))
+        inside = None if keep is None else np.asarray(keep) > 127
         if self.intensity == "equalize":
-            img = ImageOps.equalize(img, mask=keep)
-            out = np.asarray(img, dtype=np.uint8)
-            return out if keep is None else np.where(np.asarray(keep) > 127, out, 0).astype(np.uint8)
+            out = np.asarray(ImageOps.equalize(img, mask=keep), dtype=np.uint8)
+            return out if inside is None else np.where(inside, out, 0).astype(np.uint8)
         arr = np.asarray(img, dtype=np.float32)
-        if keep is not None:
-            arr = np.where(np.asarray(keep) > 127, arr, 0.0)
+        if inside is not None:
+            arr = np.where(inside, arr, 0.0)
         if self.intensity == "percentile":
-            lo, hi = np.percentile(arr if keep is None else arr[np.asarray(keep) > 127], self.percentiles)
+            lo, hi = np.percentile(arr if inside is None else arr[inside], self.percentiles)
         elif self.intensity == "minmax":
             lo, hi = float(arr.min()), float(arr.max())
         else:
@@ -208,7 +201,7 @@ class Preprocessing:
         if hi <= lo:
             return np.zeros((s, s), dtype=np.uint8)
         out = np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
-        return out if keep is None else np.where(np.asarray(keep) > 127, out, 0).astype(np.uint8)
+        return out if inside is None else np.where(inside, out, 0).astype(np.uint8)
 
     def _lung_mask(self, pixels: np.ndarray, lung_mask: LungMask | None) -> np.ndarray | None:
         """The image's lung mask when the resize mode needs one (computed if a function was given)."""
