@@ -225,14 +225,14 @@ def main() -> int:
         med = {k: statistics.median(e["seconds"] for e in v) for k, v in runs.items()}
         result["median_seconds"] = med
         result["overhead_1_worker_warm_median"] = med["ray 1 worker (warm)"] / med["local"] - 1
-        result["overhead_1_worker_each_repeat"] = [
-            r["seconds"] / loc["seconds"] - 1
-            for r, loc in zip(runs["ray 1 worker (warm)"], runs["local"], strict=True)
-        ]
-        result["overhead_1_worker_1cpu_each_repeat"] = [
-            r["seconds"] / loc["seconds"] - 1
-            for r, loc in zip(runs["ray 1 worker x 1 CPU (warm)"], runs["local"], strict=True)
-        ]
+
+        def each_repeat(name: str) -> list[float]:  # overhead of each repeat against the local run beside it
+            return [
+                r["seconds"] / loc["seconds"] - 1 for r, loc in zip(runs[name], runs["local"], strict=True)
+            ]
+
+        result["overhead_1_worker_each_repeat"] = each_repeat("ray 1 worker (warm)")
+        result["overhead_1_worker_1cpu_each_repeat"] = each_repeat("ray 1 worker x 1 CPU (warm)")
         result["target_overhead"] = 0.15
         result["load_average_before_after"] = [round(v, 2) for v in (*load_before, *os.getloadavg())]
     finally:

@@ -59,7 +59,8 @@ class RayEngineError(ValueError):
 class RayPredictOptions:
     """How ``predict --engine ray`` runs. ``workers=None`` uses every CPU of the cluster (one actor per
     ``cpus_per_worker``); each actor reserves ``cpus_per_worker`` CPUs (None: the cluster's CPUs split between
-    ``workers`` actors, or 1 when ``workers`` is None -- :func:`worker_cpus`) and runs that many compute threads; ``address=None`` joins a running Ray of this process or starts a local one."""
+    ``workers`` actors, or 1 when ``workers`` is None -- :func:`worker_cpus`) and runs that many compute
+    threads; ``address=None`` joins a running Ray of this process or starts a local one."""
 
     model: str | None = None
     backend: str = "onnx"
