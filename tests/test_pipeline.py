@@ -87,6 +87,13 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
         run = json.loads((out / "loso" / fold / "run.json").read_text())
         assert run["config"]["holdout_source"] == fold
     assert "kept" in metrics["operating_points"]
+    # the epoch was chosen on the folds' held-out curves, and both the folds and the default model keep it
+    selection = json.loads((out / "loso" / "selection.json").read_text())
+    assert selection["epoch"] == 1 and set(selection["curves"]) == {"other", "tiny"}
+    assert config["training"]["selected_by"] == "select_epoch 1"
+    assert "each at epoch 1" in chosen["description"]
+    fold_config = json.loads((out / "loso" / "tiny" / "model" / "config.json").read_text())
+    assert fold_config["training"]["selected_by"].startswith("select_epoch 1: highest mean")
 
     assert main(args) == 0
     again = capsys.readouterr().out

@@ -181,6 +181,16 @@ def test_resume_appends_and_skips_paths_already_written(two_images, tiny_bundle,
     assert "not this model's" in capsys.readouterr().err
 
 
+def _signal_state(pid: int) -> str:
+    """SigBlk / SigIgn / SigCgt of a process (Linux), e.g. to see whether SIGINT (bit 0x2) is caught."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"pid {pid}: {exc}"
+    keep = [ln.replace("\t", " ") for ln in lines if ln.startswith(("SigBlk", "SigIgn", "SigCgt"))]
+    return f"pid {pid}: " + ", ".join(keep)
+
+
 def test_ctrl_c_leaves_valid_csv_summary_and_exact_resume_command(tiny_bundle, tmp_path, capsys):
     from covidxray.prediction.export import export_onnx
 
@@ -193,16 +203,27 @@ def test_ctrl_c_leaves_valid_csv_summary_and_exact_resume_command(tiny_bundle, t
         os.link(folder / "x0000.png", folder / f"x{i:04d}.png")
     out = tmp_path / "p.csv"
     argv = ["predict", "--images", str(folder), "--model", str(model), "--out", str(out), "--batch-size", "1"]
-    proc = subprocess.Popen([CLI, *argv, "--no-progress"], stderr=subprocess.PIPE, text=True)
+    # as from a terminal: SIGINT at its default disposition and unblocked, whatever state this test process is in
+    # (a disposition of "ignored" and the blocked mask are inherited across exec; a library loaded by an earlier
+    # test could leave either), then exec the CLI
+    reset = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    cmd = [sys.executable, "-c", reset, CLI, *argv, "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 4:
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the batch finished before it could be interrupted"
+    # the child's and this process's signal masks, for the message if the interrupt does not act
+    state = _signal_state(proc.pid) + " | pytest: " + _signal_state(os.getpid())
+    state += f", Python SIGINT handler here: {signal.getsignal(signal.SIGINT)!r}"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, f"{state}\n{err}"
     rows = list(csv.DictReader(out.open()))
     assert 3 <= len(rows) < 1000 and all(r["label"] and r["p_covid"] for r in rows)
     assert f"wrote {len(rows)} rows to {out}" in err and "interrupted:" in err and "Traceback" not in err

@@ -132,3 +132,61 @@ def test_cli_flags_reach_the_run_and_weights_do_not_depend_on_workers(
     w0, w2 = _weights(tmp_path / "w0"), _weights(tmp_path / "w2")
     assert all(torch.equal(w0[k], w2[k]) for k in w0)
     assert not torch.equal(_weights(plain)["net.conv.conv1.weight"], w0["net.conv.conv1.weight"])  # they act
+
+
+# -- model selection out of source (item 6) ---------------------------------------------------------------------
+def test_holdout_source_is_scored_every_epoch_without_changing_training(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = train(_cfg(manifest, tmp_path / "h", holdout_source="a", epochs=2, patience=0))
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and "holdout_auc_covid" in (run / "history.csv").read_text().splitlines()[0]
+    for r in rows:
+        assert 0 <= r["holdout_auc_covid"] <= 1 and 0 <= r["holdout_auc_macro"] <= 1
+    # the same run without the held-out scoring trains exactly the same weights: it is only recorded
+    import covidxray.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "holdout_rows", lambda df, cfg: None)
+    blind = train(_cfg(manifest, tmp_path / "blind", holdout_source="a", epochs=2, patience=0))
+    assert "holdout_auc_covid" not in (blind / "history.csv").read_text()
+    w, wb = _weights(run), _weights(blind)
+    assert all(torch.equal(w[k], wb[k]) for k in w)
+
+
+def test_epoch_weights_reselect_and_select_epoch_keep_the_chosen_epoch(
+    manifest: Path, tmp_path: Path
+) -> None:
+    from covidxray.training.trainer import ResumeError, epoch_weights_path, reselect_epoch
+
+    full = train(_cfg(manifest, tmp_path / "full", epochs=3, patience=0, epoch_weights=True))
+    kept = [epoch_weights_path(full, e) for e in (1, 2, 3)]
+    assert all(p.is_file() for p in kept)
+    e1, e2 = load_file(str(kept[0])), load_file(str(kept[1]))
+    assert not torch.equal(e1["net.conv.conv1.weight"], e2["net.conv.conv1.weight"])
+    # rebuild model/ at epoch 2 afterwards: its weights, and the record of why
+    reselect_epoch(full, 2, "best mean held-out COVID AUC")
+    b = load_bundle(full / "model")
+    assert b.config.training["best_epoch"] == 2
+    assert b.config.training["selected_by"] == "best mean held-out COVID AUC"
+    assert all(torch.equal(_weights(full)[k], e2[k]) for k in e2)
+    with pytest.raises(ResumeError, match="no weights for epoch 7"):
+        reselect_epoch(full, 7, "x")
+    # select_epoch=2 beforehand: the same weights, and the run ends after epoch 2 (patience does not matter)
+    sel = train(_cfg(manifest, tmp_path / "sel", epochs=3, patience=1, select_epoch=2))
+    info = json.loads((sel / "run.json").read_text())
+    assert (info["status"], info["epochs_run"], info["best_epoch"]) == ("completed", 2, 2)
+    assert info["selected_by"] == "select_epoch 2" and info["config"]["select_epoch"] == 2
+    assert all(torch.equal(_weights(sel)[k], e2[k]) for k in e2)
+    with pytest.raises(ConfigError, match="select_epoch 4 is after the last epoch"):
+        TrainConfig(epochs=3, select_epoch=4)
+
+
+def test_selection_flags_reach_the_run(manifest: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--epoch-weights", "--select-epoch", "1", "--out", str(out), "--cache-dir", str(out / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["config"]["epoch_weights"] is True and info["epochs_run"] == 1
+    assert (out / "epochs" / "epoch-001.safetensors").is_file()

@@ -47,6 +47,17 @@ def operating_points_markdown(ops: dict[str, Any]) -> list[str]:
     return ("#" + section).strip().splitlines()
 
 
+def _selection_words(training: dict[str, Any]) -> str:
+    """How the kept epoch was chosen, in words (bundles before ``selected_by`` chose on validation)."""
+    how = str(training.get("selected_by") or "best val_auc_macro")
+    if how.startswith("select_epoch"):
+        return (
+            "chosen out of source: the epoch with the highest mean held-out COVID AUC of the leave-one-source-out "
+            "folds of the same recipe (`covidxray run`, `runs/loso/selection.json`)"
+        )
+    return "the best by validation macro ROC AUC"
+
+
 def model_card(
     run: Path,
     metrics: dict[str, Any],
@@ -91,8 +102,8 @@ def model_card(
         f"thread(s)), weight initialisation `{training.get('init', 'default')}`, optimizer "
         f"{training.get('optimizer')}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, "
         f"sampler `{training.get('sampler')}` "
-        f"(every label equally likely; within a label sources weighted by the square root of their size), best "
-        f"epoch {training.get('best_epoch')} by validation macro ROC AUC. Recipe: `covidxray run` "
+        f"(every label equally likely; within a label sources weighted by the square root of their size); kept "
+        f"epoch {training.get('best_epoch')}, {_selection_words(training)}. Recipe: `covidxray run` "
         "(`covidxray.pipeline.DEFAULT_RECIPE`).",
         f"- Files: `src/covidxray/default_model/` = `model.safetensors` + `config.json` (covidxray bundle format "
         f"{config.get('format_version')}) + `model.onnx` (opset {onnx_facts.get('opset', '?')}, ONNX Runtime "

@@ -164,46 +164,57 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         max_minutes=args.max_minutes,
         seed=args.seed,
     )
-
-    def train() -> None:
-        from covidxray.training.config import TrainConfig
-        from covidxray.training.trainer import train as train_model
-
-        cfg = TrainConfig(
-            manifest=str(manifest), out=str(run_dir), cache_dir=str(cache_dir), workers=args.workers, **recipe
-        )
-        train_model(cfg)
-
-    steps.run("train", {"manifest": manifest_sha1, "recipe": recipe}, bundle_dir / "model.safetensors", train)
-    weights_sha1 = file_sha1(bundle_dir / "model.safetensors")
-
     loso_dir = out / "loso"
+    points_file, selection_file = loso_dir / "points.json", loso_dir / "selection.json"
 
     def loso() -> None:
-        from covidxray.bundle import set_operating_points
         from covidxray.data.manifest import read_manifest
 
-        points = loso_operating_points(
+        points, selection = loso_operating_points(
             manifest, read_manifest(manifest), recipe, loso_dir, cache_dir, args.workers
         )
         if points is None:
             print("no leave-one-source-out fold (fewer than two sources hold COVID-19): points chosen on val")
         else:
-            set_operating_points(bundle_dir, points, "balanced")
             print(
-                "operating points chosen out of source: "
+                f"epoch chosen out of source: {selection['epoch']} ({selection['rule']}); operating points "
                 + ", ".join(f"{k} p(covid) >= {v['threshold']:.3f}" for k, v in points.items())
                 + "; balanced decides"
             )
-        (loso_dir / "points.json").parent.mkdir(parents=True, exist_ok=True)
-        (loso_dir / "points.json").write_text(json.dumps(points, indent=2) + "\n")
+        loso_dir.mkdir(parents=True, exist_ok=True)
+        selection_file.write_text(json.dumps(selection, indent=2) + "\n")
+        points_file.write_text(json.dumps(points, indent=2) + "\n")
+
+    # the folds come first: they choose the epoch the default model keeps and the points it decides with
+    steps.run("loso", {"manifest": manifest_sha1, "recipe": recipe}, points_file, loso)
+    points = json.loads(points_file.read_text())
+    selection = json.loads(selection_file.read_text()) if selection_file.is_file() else {"epoch": 0}
+    points_sha1 = file_sha1(points_file)
+
+    def train() -> None:
+        from covidxray.bundle import set_operating_points
+        from covidxray.training.config import TrainConfig
+        from covidxray.training.trainer import train as train_model
+
+        cfg = TrainConfig(
+            manifest=str(manifest),
+            out=str(run_dir),
+            cache_dir=str(cache_dir),
+            workers=args.workers,
+            select_epoch=int(selection["epoch"]),
+            **recipe,
+        )
+        train_model(cfg)
+        if points is not None:
+            set_operating_points(bundle_dir, points, "balanced")
 
     steps.run(
-        "loso",
-        {"manifest": manifest_sha1, "recipe": recipe, "weights": weights_sha1},
-        loso_dir / "points.json",
-        loso,
+        "train",
+        {"manifest": manifest_sha1, "recipe": recipe, "epoch": selection["epoch"], "points": points_sha1},
+        bundle_dir / "model.safetensors",
+        train,
     )
+    weights_sha1 = file_sha1(bundle_dir / "model.safetensors")
 
     def guard() -> None:
         from covidxray.data.manifest import read_manifest
@@ -213,7 +224,10 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{guard_summary(guard)}, stored in {bundle_dir / 'config.json'}")
 
     steps.run(
-        "guard", {"manifest": manifest_sha1, "weights": weights_sha1}, bundle_dir / "config.json", guard
+        "guard",
+        {"manifest": manifest_sha1, "weights": weights_sha1, "points": points_sha1},
+        bundle_dir / "config.json",
+        guard,
     )
 
     def evaluate() -> None:
@@ -223,7 +237,10 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         evaluate_model(bundle_dir, read_manifest(manifest), eval_dir, cache_dir, manifest_path=manifest)
 
     steps.run(
-        "evaluate", {"manifest": manifest_sha1, "weights": weights_sha1}, eval_dir / "metrics.json", evaluate
+        "evaluate",
+        {"manifest": manifest_sha1, "weights": weights_sha1, "points": points_sha1},
+        eval_dir / "metrics.json",
+        evaluate,
     )
 
     def export() -> None:
@@ -250,6 +267,38 @@ def loso_folds(df: Any, cls: str = "covid") -> list[str]:
     return sorted(s for s in with_cls & with_other if with_cls - {s})
 
 
+def choose_epoch(curves: dict[str, list[float | None]], smooth: int = 3) -> dict[str, Any]:
+    """The epoch whose mean held-out COVID AUC over the folds is highest (item 6 of issue #12).
+
+    ``curves`` = {fold: [held-out COVID AUC after epoch 1, 2, ...]}. Only epochs every fold reached count; each
+    fold's curve is first averaged over a centred window of ``smooth`` epochs (one epoch's AUC moves with the
+    LR schedule and the draw of 2,048 images); ties go to the earlier epoch. ``epoch`` 0 when no curve is defined
+    (then the run keeps its best epoch on validation)."""
+    import numpy as np
+
+    n = min((len(c) for c in curves.values()), default=0)
+    rule = (
+        f"highest mean over {len(curves)} leave-one-source-out folds of the held-out source's COVID AUC, "
+        f"each curve smoothed over {smooth} epochs"
+    )
+    if not n or any(v is None for c in curves.values() for v in c[:n]):
+        return {"epoch": 0, "rule": "no held-out COVID AUC curve: best epoch on validation", "curves": curves}
+    half = smooth // 2
+    smoothed = {
+        f: [float(np.mean(c[max(0, i - half) : min(n, i + half + 1)])) for i in range(n)]
+        for f, c in curves.items()
+    }
+    mean = [float(np.mean([smoothed[f][i] for f in curves])) for i in range(n)]
+    best = int(np.argmax(mean))
+    return {
+        "epoch": best + 1,
+        "rule": rule,
+        "mean_smoothed_auc": round(mean[best], 4),
+        "mean_smoothed_curve": [round(v, 4) for v in mean],
+        "curves": {f: [round(float(v), 4) for v in c[:n]] for f, c in curves.items()},
+    }
+
+
 def loso_operating_points(
     manifest: Path,
     df: Any,
@@ -258,10 +307,12 @@ def loso_operating_points(
     cache_dir: Path,
     workers: int,
     cls: str = "covid",
-) -> dict[str, dict] | None:
-    """Train ``recipe`` once per :func:`loso_folds` fold (into ``out/<source>``), predict every image of the held-out
-    source, and choose the screening and balanced points on the pooled predictions (written to
-    ``out/pooled.csv``). None when there is no fold."""
+) -> tuple[dict[str, dict] | None, dict[str, Any]]:
+    """Train ``recipe`` once per :func:`loso_folds` fold (into ``out/<source>``), keeping every epoch's weights
+    and the held-out source's COVID AUC after each; choose the epoch on those curves (:func:`choose_epoch`),
+    rebuild each fold model at that epoch, predict every image of its held-out source, and choose the screening
+    and balanced points on the pooled predictions (written to ``out/pooled.csv``). Returns (points, selection);
+    points is None when there is no fold."""
     import numpy as np
     import pandas as pd
 
@@ -269,12 +320,13 @@ def loso_operating_points(
     from covidxray.evaluation.inference import run_inference
     from covidxray.evaluation.operating_point import choose_operating_points
     from covidxray.training.config import TrainConfig
+    from covidxray.training.trainer import reselect_epoch
     from covidxray.training.trainer import train as train_model
 
     folds = loso_folds(df, cls)
     if len(folds) < 1:
-        return None
-    pooled = []
+        return None, {"epoch": 0, "rule": "no leave-one-source-out fold: best epoch on validation"}
+    curves = {}
     for fold in folds:
         run = out / fold
         cfg = TrainConfig(
@@ -284,9 +336,18 @@ def loso_operating_points(
             workers=workers,
             holdout_source=fold,
             progress=False,
+            epoch_weights=True,
             **recipe,
         )
         train_model(cfg, df)
+        history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line]
+        curves[fold] = [h.get(f"holdout_auc_{cls}") for h in history]
+    selection = choose_epoch(curves)
+    pooled = []
+    for fold in folds:
+        run = out / fold
+        if selection["epoch"]:
+            reselect_epoch(run, selection["epoch"], f"select_epoch {selection['epoch']}: {selection['rule']}")
         bundle = load_bundle(run / "model")
         rows = np.flatnonzero((df["source"].astype(str) == fold).to_numpy())
         res = run_inference(bundle, df, cache_dir, 64, rows)
@@ -295,7 +356,7 @@ def loso_operating_points(
         pooled.append(part)
     pool = pd.concat(pooled, ignore_index=True)
     pool.to_csv(out / "pooled.csv", index=False)
-    return choose_operating_points(
+    points = choose_operating_points(
         (pool["label"].astype(str) == cls).to_numpy(),
         pool["p"].to_numpy(),
         (pool["source"].astype(str) + ":" + pool["patient_id"].astype(str)).to_numpy(),
@@ -303,9 +364,11 @@ def loso_operating_points(
         description=(
             "pooled out-of-source predictions of leave-one-source-out runs of the same recipe ("
             + ", ".join(f"{f} held out" for f in folds)
+            + (f", each at epoch {selection['epoch']}" if selection["epoch"] else "")
             + ")"
         ),
     )
+    return points, selection
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

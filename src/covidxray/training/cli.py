@@ -72,6 +72,10 @@ HELP: dict[str, str] = {
     "adversary_weight": "final gradient-reversal lambda (DANN schedule from 0)",
     "acquisition": "acquisition randomisation: chance of each scanner-like transform per image (gamma, window, "
     "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); 0: off",
+    "epoch_weights": "also keep every epoch's weights (epochs/epoch-NNN.safetensors), so the epoch can be chosen "
+    "afterwards on out-of-source figures (covidxray.training.trainer.reselect_epoch)",
+    "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
+    "instead of the best on in-source validation, and stop after it (0: best on validation)",
 }
 _TYPES = {"int": int, "float": float, "str": str}
 

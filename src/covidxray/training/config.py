@@ -26,6 +26,15 @@ border crop/pad, corner boxes), each transform on that share of images (:mod:`co
 **Best model**: ``model/`` holds the epoch with the highest validation macro ROC AUC; when the validation split
 has a single class (AUC undefined) the lowest validation loss is used instead. Early stopping and the LR
 schedule (ReduceLROnPlateau, factor 0.5) watch the same score.
+
+**Model selection out of source** (issue #12, item 6): in-source validation rewards the shortcuts a source
+leaves, so the epoch can be chosen on images of a source the run never saw instead. A run with
+``holdout_source`` scores every image of that source after each epoch (``holdout_auc_covid`` /
+``holdout_auc_macro`` in the history; never used to choose that run's own weights). ``epoch_weights`` keeps
+each epoch's weights (``epochs/epoch-NNN.safetensors``) so :func:`covidxray.training.trainer.reselect_epoch` can
+rebuild ``model/`` at the epoch chosen afterwards; ``select_epoch`` = N keeps epoch N (chosen on other runs'
+held-out curves, e.g. by ``covidxray run``) instead of the best on validation, and ends the run there
+(patience does not stop it before).
 """
 
 from __future__ import annotations
@@ -109,6 +118,10 @@ class TrainConfig:
     acquisition: float = (
         0.0  # acquisition randomisation: chance of each scanner-like transform (0: off), .augment
     )
+    # model selection out of source (issue #12): keep every epoch's weights, so the epoch can be chosen
+    # afterwards on the held-out source's figures; or keep a given epoch instead of the best on validation
+    epoch_weights: bool = False
+    select_epoch: int = 0
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -145,6 +158,14 @@ class TrainConfig:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
         if not 0 <= self.acquisition <= 1:
             raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
+        if self.select_epoch < 0:
+            raise ConfigError(
+                f"select_epoch must not be negative (0: best on validation), got {self.select_epoch}"
+            )
+        if self.select_epoch > self.epochs:
+            raise ConfigError(
+                f"select_epoch {self.select_epoch} is after the last epoch ({self.epochs}): raise --epochs"
+            )
         if self.channels not in CHANNELS:
             raise ConfigError(f"channels must be one of {list(CHANNELS)}, got {self.channels}")
 

@@ -67,6 +67,22 @@ def select_split(df: pd.DataFrame, cfg: TrainConfig, split: str) -> SplitData:
     )
 
 
+def holdout_rows(df: pd.DataFrame, cfg: TrainConfig) -> SplitData | None:
+    """Every row of ``cfg.holdout_source`` that belongs to the task, whatever its split (None without one)."""
+    if not cfg.holdout_source:
+        return None
+    labels = task_labels(df["label"], cfg.classes)
+    keep = (df["source"].astype(str) == cfg.holdout_source).to_numpy() & labels.notna().to_numpy()
+    index = {c: i for i, c in enumerate(cfg.classes)}
+    positions = np.flatnonzero(keep)
+    return SplitData(
+        name="holdout",
+        positions=positions,
+        targets=np.asarray([index[c] for c in labels.to_numpy()[positions]], dtype=np.int64),
+        sources=df["source"].astype(str).to_numpy()[positions],
+    )
+
+
 def check_splits(df: pd.DataFrame, cfg: TrainConfig, train: SplitData, val: SplitData) -> None:
     """Refuse a run that cannot train: no training rows, or a class with no training rows."""
     where = f" (holdout source {cfg.holdout_source!r} excluded)" if cfg.holdout_source else ""

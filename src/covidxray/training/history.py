@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 ADVERSARY_COLUMNS = ("adv_loss", "adv_source_acc", "adv_lambda")  # covidxray.training.adversary
+# runs with a held-out source: that source's figures after each epoch (recorded, never used to choose weights)
+HOLDOUT_COLUMNS = ("holdout_auc_covid", "holdout_auc_macro")
 COLUMNS = (
     "epoch",
     "train_loss",
@@ -34,7 +36,8 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     import pandas as pd
 
     _atomic_write(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    extra = [c for c in ADVERSARY_COLUMNS if any(c in h for h in history)]  # only runs with an adversary
+    # only runs with an adversary / a held-out source
+    extra = [c for c in (*ADVERSARY_COLUMNS, *HOLDOUT_COLUMNS) if any(c in h for h in history)]
     frame = pd.DataFrame(history, columns=[*COLUMNS, *extra])
     _atomic_write(run_dir / "history.csv", frame.to_csv(index=False))
 

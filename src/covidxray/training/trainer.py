@@ -44,6 +44,7 @@ from covidxray.training.dataset import (
     SplitData,
     batch_inputs,
     check_splits,
+    holdout_rows,
     load_images,
     read_training_manifest,
     select_split,
@@ -191,6 +192,7 @@ class _Run:
         self.train_split = select_split(df, cfg, "train")
         self.val_split = select_split(df, cfg, "val")
         check_splits(df, cfg, self.train_split, self.val_split)
+        self.holdout_split = holdout_rows(df, cfg)
         self.sample_p = (
             balanced_weights(self.train_split.targets, self.train_split.sources)
             if cfg.sampler == "balanced"
@@ -382,6 +384,14 @@ class _Run:
             "seconds": round(seconds, 3),
             "images_per_s": round(seen / max(train_secs / ctx.world, 1e-9), 1),
         }
+        if self.holdout_split is not None and len(self.holdout_split):
+            # the held-out source's figures: recorded for choosing the epoch out of source afterwards (item 6 of
+            # issue #12), never used here (LR schedule, early stopping and model/ follow validation)
+            h_logits, h_targets = predict_logits(
+                self.model, self.images, self.holdout_split, self.pre, ctx, cfg.batch_size * 2
+            )
+            h = val_metrics(h_logits, h_targets, self.cfg.classes)
+            row["holdout_auc_covid"], row["holdout_auc_macro"] = h["val_auc_covid"], h["val_auc_macro"]
         if self.adversary is not None:  # the adversary's own view: can it still tell the sources apart?
             adv_loss, adv_correct, adv_seen = sum_across(
                 ctx, [self.sums["adv_loss"], self.sums["adv_correct"], self.sums["adv_seen"]]
@@ -394,7 +404,12 @@ class _Run:
         value = metrics[self.monitor]
         score = -math.inf if value is None else (value if self.monitor != "val_loss" else -value)
         self.scheduler.step(score)
-        improved = score > self.best_score
+        if cfg.epoch_weights:
+            self.save_epoch_weights()
+        if cfg.select_epoch:  # the epoch was chosen beforehand: keep each epoch up to it, then stop
+            improved = self.epoch + 1 <= cfg.select_epoch
+        else:
+            improved = score > self.best_score
         if improved:
             self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch + 1, 0
             self.best_metrics = {k: v for k, v in row.items() if k.startswith("val_")}
@@ -413,9 +428,10 @@ class _Run:
         self.step = 0
         self.sums = {k: 0.0 for k in self.sums}
         stop = False
-        if self.epoch >= cfg.epochs:
+        if self.epoch >= cfg.epochs or (cfg.select_epoch and self.epoch >= cfg.select_epoch):
             self.status = "completed"
-        elif cfg.patience and self.bad_epochs >= cfg.patience:
+            stop = self.epoch < cfg.epochs
+        elif cfg.patience and not cfg.select_epoch and self.bad_epochs >= cfg.patience:
             self.status, stop = "early_stopped", True
         elif cfg.max_minutes is not None and self.train_seconds > cfg.max_minutes * 60:
             self.status, stop = "time_budget", True
@@ -429,6 +445,23 @@ class _Run:
         return broadcast_flag(ctx, stop)
 
     # -- outputs ---------------------------------------------------------------------------------------------
+    def save_epoch_weights(self) -> None:
+        """``epochs/epoch-NNN.safetensors``: this epoch's weights, for :func:`reselect_epoch`."""
+        if not self.ctx.is_main:
+            return
+        from safetensors.torch import save_file
+
+        path = epoch_weights_path(self.dir, self.epoch + 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+
+    @property
+    def selected_by(self) -> str:
+        return f"select_epoch {self.cfg.select_epoch}" if self.cfg.select_epoch else f"best {self.monitor}"
+
     def training_facts(self) -> dict[str, Any]:
         return {
             **self.cfg.to_dict(),
@@ -436,6 +469,7 @@ class _Run:
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "monitor": self.monitor,
+            "selected_by": self.selected_by,
             "world_size": self.ctx.world,
         }
 
@@ -476,6 +510,7 @@ class _Run:
                 "epochs_run": len(self.history),
                 "best_epoch": self.best_epoch,
                 "monitor": self.monitor,
+                "selected_by": self.selected_by,
                 "best_val": self.best_metrics,
                 "bundle": "model",
                 "checkpoint": str(Path("checkpoints") / "last.pt"),
@@ -512,12 +547,52 @@ def train(cfg: TrainConfig, manifest_df: pd.DataFrame | None = None, resume: boo
                 run.status = "completed"
             run.finish()
             if ctx.is_main:
-                _say(cfg, ctx, f"best epoch {run.best_epoch} ({run.monitor}); bundle: {run.dir / 'model'}")
+                _say(
+                    cfg, ctx, f"kept epoch {run.best_epoch} ({run.selected_by}); bundle: {run.dir / 'model'}"
+                )
         finally:
             del run  # DDP's reducer must go before its process group, or gloo can hang at exit
             gc.collect()
             shutdown(ctx)
     return Path(cfg.out)
+
+
+def epoch_weights_path(run_dir: str | Path, epoch: int) -> Path:
+    return Path(run_dir) / "epochs" / f"epoch-{epoch:03d}.safetensors"
+
+
+def reselect_epoch(run_dir: str | Path, epoch: int, reason: str) -> Path:
+    """Rebuild ``<run>/model`` from the weights of ``epoch`` (kept by ``epoch_weights``), e.g. the epoch chosen
+    on out-of-source figures; ``reason`` is recorded as the bundle's ``training.selected_by``. The bundle's
+    ``metrics.val`` become that epoch's validation figures. Returns the bundle folder."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from covidxray.bundle import load_bundle
+
+    run = Path(run_dir)
+    path = epoch_weights_path(run, epoch)
+    if not path.is_file():
+        kept = sorted(p.name for p in (run / "epochs").glob("epoch-*.safetensors"))
+        raise ResumeError(
+            f"{run}: no weights for epoch {epoch} ({path} missing; kept: {kept or 'none'}); "
+            "train with --epoch-weights to keep every epoch"
+        )
+    bundle = load_bundle(run / "model")
+    bundle.model.load_state_dict(load_file(str(path)))
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
+    row = next((h for h in history if int(h["epoch"]) == epoch), {})
+    config = bundle.config
+    config.training = {**config.training, "best_epoch": epoch, "selected_by": reason}
+    config.metrics = {**config.metrics, "val": {k: v for k, v in row.items() if k.startswith("val_")}}
+    config.created = ""
+    tmp, final = run / ".model.tmp", run / "model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_bundle(tmp, bundle.model.eval(), config)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
 
 
 def resume(run_dir: str | Path, **overrides: Any) -> Path:
@@ -530,4 +605,12 @@ def resume(run_dir: str | Path, **overrides: Any) -> Path:
     return train(cfg, resume=True)
 
 
-__all__ = ["ResumeError", "architecture_kwargs", "build_model", "resume", "train"]
+__all__ = [
+    "ResumeError",
+    "architecture_kwargs",
+    "build_model",
+    "epoch_weights_path",
+    "reselect_epoch",
+    "resume",
+    "train",
+]
