@@ -35,7 +35,9 @@ def history(run: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="fold run folders (each trained with --holdout-source)")
+    ap.add_argument(
+        "runs", nargs="+", type=Path, help="fold run folders (each trained with --holdout-source)"
+    )
     ap.add_argument("--nested-out", type=Path)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/epoch_selection.json"))
     args = ap.parse_args()
