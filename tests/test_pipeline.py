@@ -104,3 +104,16 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
 def test_run_reports_a_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "runs")]) == 3
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_choose_epoch_takes_the_best_smoothed_mean_over_folds() -> None:
+    from covidxray.pipeline import choose_epoch
+
+    # fold a peaks alone at epoch 2 (a spike), both folds are high together around epoch 4
+    curves = {"a": [0.5, 0.9, 0.5, 0.7, 0.7, 0.7, 0.5], "b": [0.5, 0.5, 0.6, 0.8, 0.8, 0.7, 0.6, 0.9]}
+    sel = choose_epoch(curves)
+    assert sel["epoch"] == 5 and len(sel["mean_smoothed_curve"]) == 7  # only epochs both folds reached
+    assert sel["mean_smoothed_curve"][4] == pytest.approx((0.7 + 0.7 + 0.7 + 0.8 + 0.8 + 0.7) / 6, abs=1e-4)
+    assert choose_epoch({"a": [0.5, 0.9, 0.5]}, smooth=1)["epoch"] == 2
+    assert choose_epoch({"a": [0.6, None]})["epoch"] == 0  # an undefined AUC: keep the best on validation
+    assert choose_epoch({})["epoch"] == 0

@@ -271,8 +271,8 @@ def choose_epoch(curves: dict[str, list[float | None]], smooth: int = 3) -> dict
     """The epoch whose mean held-out COVID AUC over the folds is highest (item 6 of issue #12).
 
     ``curves`` = {fold: [held-out COVID AUC after epoch 1, 2, ...]}. Only epochs every fold reached count; each
-    fold's curve is first averaged over a centred window of ``smooth`` epochs (one epoch's AUC moves with the
-    LR schedule and the draw of 2,048 images); ties go to the earlier epoch. ``epoch`` 0 when no curve is defined
+    fold's curve is first averaged over a window of ``smooth`` epochs, centred and shifted inwards at the ends
+    (one epoch's AUC moves with the LR schedule and the draw of 2,048 images); ties go to the earlier epoch. ``epoch`` 0 when no curve is defined
     (then the run keeps its best epoch on validation)."""
     import numpy as np
 
@@ -283,11 +283,15 @@ def choose_epoch(curves: dict[str, list[float | None]], smooth: int = 3) -> dict
     )
     if not n or any(v is None for c in curves.values() for v in c[:n]):
         return {"epoch": 0, "rule": "no held-out COVID AUC curve: best epoch on validation", "curves": curves}
-    half = smooth // 2
-    smoothed = {
-        f: [float(np.mean(c[max(0, i - half) : min(n, i + half + 1)])) for i in range(n)]
-        for f, c in curves.items()
-    }
+    width = min(smooth, n)
+
+    def window(
+        i: int,
+    ) -> slice:  # centred, shifted inwards at the ends so every epoch averages `width` values
+        start = min(max(0, i - width // 2), n - width)
+        return slice(start, start + width)
+
+    smoothed = {f: [float(np.mean(c[:n][window(i)])) for i in range(n)] for f, c in curves.items()}
     mean = [float(np.mean([smoothed[f][i] for f in curves])) for i in range(n)]
     best = int(np.argmax(mean))
     return {
