@@ -111,6 +111,8 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         p_all, _, p_jsrt = preds[fold]
         held = src == fold
         f = {"auc_out": auc_ci(is_covid[held], p_all[held], pid[held])}
+        training = load_bundle(row_dir / fold / "model").config.training
+        f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
         # in-source validation rows, sensitivity 0.95 (the rule the bundles used so far)
         val = (~held) & (split == "val")
         t_in = threshold_for_sensitivity(is_covid[val], p_all[val], 0.95)

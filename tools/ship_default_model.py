@@ -58,6 +58,18 @@ def _selection_words(training: dict[str, Any]) -> str:
     return "the best by validation macro ROC AUC"
 
 
+def _nested_words(folds: dict[str, Any]) -> str:
+    """How the fold models of the table were chosen, when it was not on validation."""
+    picks = {n: f for n, f in folds.items() if str(f.get("selected_by") or "").startswith("select_epoch")}
+    if not picks:
+        return ""
+    which = ", ".join(f"{n} held out: epoch {f.get('epoch')}" for n, f in picks.items())
+    return (
+        f" Each fold model is scored at the epoch chosen on the *other* fold's held-out curve ({which}), so the "
+        "images it is scored on played no part in choosing it (the shipped model's epoch was chosen on both)."
+    )
+
+
 def model_card(
     run: Path,
     metrics: dict[str, Any],
@@ -195,9 +207,10 @@ def model_card(
             "## Out of source: this recipe's leave-one-source-out folds",
             "",
             "The same recipe trained by `covidxray run` once per source with COVID-19 held out (the folds its "
-            "operating points were chosen on), scored on every image of the source it never saw "
+            "epoch and operating points were chosen on), scored on every image of the source it never saw "
             f'(`benchmarks/generalization.py {g.get("row", "")}`; BENCHMARKS.md, "Generalization ablation"). '
-            "This, not the test split above, is what to expect at another hospital.",
+            "This, not the test split above, is what to expect at another hospital."
+            + _nested_words(folds),
             "",
             "| held-out source | COVID ROC AUC out of source | sensitivity / specificity there at the "
             "threshold chosen on the other fold | JSRT adults (no COVID-19) called COVID-19 by the fold model |",

@@ -1,6 +1,11 @@
-"""``covidxray run``: the README's main job -- manifest -> train the default model -> choose its operating points
-out of source -> fit its input guard -> evaluate it -> export it to ONNX -> print the summary table and the
-report's path.
+"""``covidxray run``: the README's main job -- manifest -> leave-one-source-out folds (choose the epoch and the
+operating points out of source) -> train the default model to that epoch -> fit its input guard -> evaluate it ->
+export it to ONNX -> print the summary table and the report's path.
+
+The epoch the default model keeps is chosen on the folds' held-out curves, not on its own in-source validation
+split (issue #12, item 6): each fold scores every image of the source it never saw after every epoch, and
+:func:`choose_epoch` takes the epoch with the highest mean (smoothed) held-out COVID AUC. In-source validation
+keeps improving while the held-out AUC stops or falls (BENCHMARKS.md, "Choosing the epoch out of source").
 
 The operating points (``screening``: COVID sensitivity 0.95; ``balanced``: highest min(sensitivity, specificity),
 which decides) are chosen on **pooled out-of-source predictions**: the recipe is trained once more per
@@ -33,8 +38,9 @@ from covidxray.about import NOT_FOR_CLINICAL_USE
 # validation: of the techniques of the generalization ablation (BENCHMARKS.md, "Generalization ablation"), the
 # lung crop alone raised the mean out-of-source COVID AUC (0.640 -> 0.709 under the ablation's 10-epoch protocol);
 # source adversaries, acquisition randomisation, 128 px and the larger seed_cnn2 did not, alone or with the crop.
-# The recipe is trained three times by `covidxray run` (all sources + one run per leave-one-source-out fold, for
-# the operating points), so it is kept short enough for the whole job to fit in 30 minutes on 2 cores. A fixed
+# The recipe is trained three times by `covidxray run` (one run per leave-one-source-out fold, for the epoch and
+# the operating points, then all sources up to the chosen epoch), so it is kept short enough for the whole job to
+# fit in 30 minutes on 2 cores. A fixed
 # epoch count rather than a time budget makes the result the same on any machine; max_minutes only caps a slow one.
 DEFAULT_RECIPE: dict[str, Any] = {
     "model": "seed_cnn6",
