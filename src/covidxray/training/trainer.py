@@ -3,11 +3,14 @@
 A run directory holds:
 
 - ``model/`` -- the bundle (:mod:`covidxray.bundle`) of the epoch with the best validation score (macro ROC AUC;
-  the validation loss when the val split has one class only), with the config, data counts and its val metrics;
+  the validation loss when the val split has one class only), or of epoch ``select_epoch`` when one was chosen
+  beforehand (out of source), with the config, data counts and its val metrics;
+- ``epochs/epoch-NNN.safetensors`` -- every epoch's weights, with ``epoch_weights`` (for :func:`reselect_epoch`);
 - ``checkpoints/last.pt`` -- the full state to continue (:mod:`.checkpoint`), written every
   ``checkpoint_every`` steps and at every epoch end;
 - ``history.csv`` / ``history.jsonl`` -- one row per epoch (train loss/acc, val loss/acc/macro AUC/COVID
-  sensitivity/COVID AUC, lr, seconds, images/s); ``curves.png`` -- accuracy and loss, train vs val;
+  sensitivity/COVID AUC, lr, seconds, images/s; with a held-out source also its COVID and macro AUC, recorded only);
+  ``curves.png`` -- accuracy and loss, train vs val;
 - ``run.json`` -- config, status (running | completed | early_stopped | time_budget), train_seconds,
   epochs_run, best_epoch.
 
