@@ -190,3 +190,26 @@ def test_selection_flags_reach_the_run(manifest: Path, tmp_path: Path) -> None:
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["epoch_weights"] is True and info["epochs_run"] == 1
     assert (out / "epochs" / "epoch-001.safetensors").is_file()
+
+
+def test_mixup_blends_pairs_acts_is_seeded_and_is_refused_with_an_adversary(
+    manifest: Path, plain: Path, tmp_path: Path
+) -> None:
+    from covidxray.training.trainer import mixup_draw
+
+    lam, perm = mixup_draw(0.4, 8, 0, 1, 2)
+    lam2, perm2 = mixup_draw(0.4, 8, 0, 1, 2)
+    assert (
+        0 < lam < 1 and lam == lam2 and torch.equal(perm, perm2) and sorted(perm.tolist()) == list(range(8))
+    )
+    assert mixup_draw(0.4, 8, 0, 1, 3)[0] != lam  # another step, another draw
+    a = train(_cfg(manifest, tmp_path / "a", mixup=0.4))
+    b = train(_cfg(manifest, tmp_path / "b", mixup=0.4))
+    wa, wb, wp = _weights(a), _weights(b), _weights(plain)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not torch.equal(wa["net.conv.conv1.weight"], wp["net.conv.conv1.weight"])
+    assert json.loads((a / "run.json").read_text())["config"]["mixup"] == 0.4
+    with pytest.raises(ConfigError, match="mixup and a source adversary"):
+        TrainConfig(mixup=0.2, adversary="marginal")
+    with pytest.raises(ConfigError, match="mixup is a Beta"):
+        TrainConfig(mixup=-1)

@@ -74,6 +74,7 @@ HELP: dict[str, str] = {
     "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); 0: off",
     "epoch_weights": "also keep every epoch's weights (epochs/epoch-NNN.safetensors), so the epoch can be chosen "
     "afterwards on out-of-source figures (covidxray.training.trainer.reselect_epoch)",
+    "mixup": "mixup alpha: train on Beta(alpha, alpha) blends of image pairs, the loss blended alike (0: off)",
     "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
     "instead of the best on in-source validation, and stop after it (0: best on validation)",
 }

@@ -122,6 +122,7 @@ class TrainConfig:
     # afterwards on the held-out source's figures; or keep a given epoch instead of the best on validation
     epoch_weights: bool = False
     select_epoch: int = 0
+    mixup: float = 0.0  # mixup: Beta(alpha, alpha) blends of image pairs and of their losses (0: off)
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -158,6 +159,12 @@ class TrainConfig:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
         if not 0 <= self.acquisition <= 1:
             raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
+        if self.mixup < 0:
+            raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
+        if self.mixup and self.adversary != "none":
+            raise ConfigError(
+                "mixup and a source adversary cannot be combined (a blended image has no one source)"
+            )
         if self.select_epoch < 0:
             raise ConfigError(
                 f"select_epoch must not be negative (0: best on validation), got {self.select_epoch}"

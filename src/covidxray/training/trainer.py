@@ -334,7 +334,14 @@ class _Run:
             x = self.augment(x, batch_generator(cfg.seed, self.epoch, self.step, ctx.rank))
             x = x.to(ctx.device).contiguous(memory_format=CHANNELS_LAST)
             y = torch.from_numpy(split.targets[idx]).to(ctx.device)
-            if self.adversary is None:
+            if self.adversary is None and cfg.mixup:
+                lam, perm = mixup_draw(cfg.mixup, len(y), cfg.seed, self.epoch, self.step, ctx.rank)
+                x = lam * x + (1 - lam) * x[perm]
+                logits = self.net(x)
+                loss = total = lam * task_loss(logits, y, weight) + (1 - lam) * task_loss(
+                    logits, y[perm], weight
+                )
+            elif self.adversary is None:
                 logits = self.net(x)
                 loss = total = task_loss(logits, y, weight)
             else:
@@ -558,6 +565,15 @@ def train(cfg: TrainConfig, manifest_df: pd.DataFrame | None = None, resume: boo
             gc.collect()
             shutdown(ctx)
     return Path(cfg.out)
+
+
+def mixup_draw(
+    alpha: float, n: int, seed: int, epoch: int, step: int, rank: int = 0
+) -> tuple[float, torch.Tensor]:
+    """Mixup's blend weight ~ Beta(alpha, alpha) and partner order for one batch: a function of (seed, epoch,
+    step, rank) only, like the augmentation, so a resumed run and any number of loader workers draw the same."""
+    rng = np.random.default_rng([int(seed), int(epoch), int(step), int(rank), 0x6D6978])
+    return float(rng.beta(alpha, alpha)), torch.from_numpy(rng.permutation(n))
 
 
 def epoch_weights_path(run_dir: str | Path, epoch: int) -> Path:
