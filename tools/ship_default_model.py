@@ -209,8 +209,7 @@ def model_card(
             "The same recipe trained by `covidxray run` once per source with COVID-19 held out (the folds its "
             "epoch and operating points were chosen on), scored on every image of the source it never saw "
             f'(`benchmarks/generalization.py {g.get("row", "")}`; BENCHMARKS.md, "Generalization ablation"). '
-            "This, not the test split above, is what to expect at another hospital."
-            + _nested_words(folds),
+            "This, not the test split above, is what to expect at another hospital." + _nested_words(folds),
             "",
             "| held-out source | COVID ROC AUC out of source | sensitivity / specificity there at the "
             "threshold chosen on the other fold | JSRT adults (no COVID-19) called COVID-19 by the fold model |",
