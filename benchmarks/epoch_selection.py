@@ -26,11 +26,8 @@ import shutil
 from pathlib import Path
 
 from covidxray.pipeline import choose_epoch
+from covidxray.training.history import read_history
 from covidxray.training.trainer import reselect_epoch
-
-
-def history(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
 
 
 def main() -> None:
@@ -44,7 +41,7 @@ def main() -> None:
     folds = {}
     for run in args.runs:
         info = json.loads((run / "run.json").read_text())
-        folds[info["config"]["holdout_source"]] = (run, info, history(run))
+        folds[info["config"]["holdout_source"]] = (run, info, read_history(run))
     curves = {f: [h["holdout_auc_covid"] for h in hist] for f, (_, _, hist) in folds.items()}
     both = choose_epoch(curves)
     result = {"both_folds": both, "folds": {}}

@@ -278,8 +278,8 @@ def choose_epoch(curves: dict[str, list[float | None]], smooth: int = 3) -> dict
 
     ``curves`` = {fold: [held-out COVID AUC after epoch 1, 2, ...]}. Only epochs every fold reached count; each
     fold's curve is first averaged over a window of ``smooth`` epochs, centred and shifted inwards at the ends
-    (one epoch's AUC moves with the LR schedule and the draw of 2,048 images); ties go to the earlier epoch. ``epoch`` 0 when no curve is defined
-    (then the run keeps its best epoch on validation)."""
+    (one epoch's AUC moves with the LR schedule and the draw of 2,048 images); ties go to the earlier epoch.
+    ``epoch`` 0 when no curve is defined (then the run keeps its best epoch on validation)."""
     import numpy as np
 
     n = min((len(c) for c in curves.values()), default=0)
@@ -291,9 +291,8 @@ def choose_epoch(curves: dict[str, list[float | None]], smooth: int = 3) -> dict
         return {"epoch": 0, "rule": "no held-out COVID AUC curve: best epoch on validation", "curves": curves}
     width = min(smooth, n)
 
-    def window(
-        i: int,
-    ) -> slice:  # centred, shifted inwards at the ends so every epoch averages `width` values
+    # centred, shifted inwards at the ends so every epoch averages `width` values
+    def window(i: int) -> slice:
         start = min(max(0, i - width // 2), n - width)
         return slice(start, start + width)
 
@@ -330,6 +329,7 @@ def loso_operating_points(
     from covidxray.evaluation.inference import run_inference
     from covidxray.evaluation.operating_point import choose_operating_points
     from covidxray.training.config import TrainConfig
+    from covidxray.training.history import read_history
     from covidxray.training.trainer import reselect_epoch
     from covidxray.training.trainer import train as train_model
 
@@ -350,8 +350,7 @@ def loso_operating_points(
             **recipe,
         )
         train_model(cfg, df)
-        history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line]
-        curves[fold] = [h.get(f"holdout_auc_{cls}") for h in history]
+        curves[fold] = [h.get(f"holdout_auc_{cls}") for h in read_history(run)]
     selection = choose_epoch(curves)
     pooled = []
     for fold in folds:

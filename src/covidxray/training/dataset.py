@@ -53,30 +53,26 @@ def select_split(df: pd.DataFrame, cfg: TrainConfig, split: str) -> SplitData:
     missing = {"label", "split", "source", "sha1", "path"} - set(df.columns)
     if missing:
         raise DataError(f"manifest lacks column(s) {sorted(missing)}")
-    labels = task_labels(df["label"], cfg.classes)
-    keep = (df["split"].astype(str) == split).to_numpy() & labels.notna().to_numpy()
+    keep = (df["split"].astype(str) == split).to_numpy()
     if cfg.holdout_source:
-        keep &= (df["source"].astype(str) != cfg.holdout_source).to_numpy()
-    index = {c: i for i, c in enumerate(cfg.classes)}
-    positions = np.flatnonzero(keep)
-    return SplitData(
-        name=split,
-        positions=positions,
-        targets=np.asarray([index[c] for c in labels.to_numpy()[positions]], dtype=np.int64),
-        sources=df["source"].astype(str).to_numpy()[positions],
-    )
+        keep = keep & (df["source"].astype(str) != cfg.holdout_source).to_numpy()
+    return _task_rows(df, cfg, keep, split)
 
 
 def holdout_rows(df: pd.DataFrame, cfg: TrainConfig) -> SplitData | None:
     """Every row of ``cfg.holdout_source`` that belongs to the task, whatever its split (None without one)."""
     if not cfg.holdout_source:
         return None
+    return _task_rows(df, cfg, (df["source"].astype(str) == cfg.holdout_source).to_numpy(), "holdout")
+
+
+def _task_rows(df: pd.DataFrame, cfg: TrainConfig, keep: np.ndarray, name: str) -> SplitData:
+    """The rows of ``keep`` whose label belongs to the task, with their class indices and sources."""
     labels = task_labels(df["label"], cfg.classes)
-    keep = (df["source"].astype(str) == cfg.holdout_source).to_numpy() & labels.notna().to_numpy()
     index = {c: i for i, c in enumerate(cfg.classes)}
-    positions = np.flatnonzero(keep)
+    positions = np.flatnonzero(keep & labels.notna().to_numpy())
     return SplitData(
-        name="holdout",
+        name=name,
         positions=positions,
         targets=np.asarray([index[c] for c in labels.to_numpy()[positions]], dtype=np.int64),
         sources=df["source"].astype(str).to_numpy()[positions],

@@ -42,6 +42,12 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     _atomic_write(run_dir / "history.csv", frame.to_csv(index=False))
 
 
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows :func:`write_history` wrote to ``history.jsonl``, one dict per epoch."""
+    text = (Path(run_dir) / "history.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def plot_curves(run_dir: Path, history: list[dict[str, Any]], title: str = "") -> Path:
     """Accuracy and loss per epoch, train vs val, as ``curves.png``."""
     import matplotlib

@@ -61,7 +61,7 @@ from covidxray.training.distributed import (
     shutdown,
     sum_across,
 )
-from covidxray.training.history import plot_curves, write_history, write_json
+from covidxray.training.history import plot_curves, read_history, write_history, write_json
 from covidxray.training.sampler import balanced_weights, epoch_order, expected_label_frequency, shard
 from covidxray.training.validation import predict_logits, task_loss, val_metrics
 
@@ -504,11 +504,7 @@ class _Run:
             },
             metrics={"val": self.best_metrics},
         )
-        tmp, final = self.dir / ".model.tmp", self.dir / "model"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_bundle(tmp, self.model.eval(), config)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        _swap_bundle(self.dir, self.model.eval(), config)
 
     def write_run_json(self) -> None:
         write_json(
@@ -584,8 +580,6 @@ def reselect_epoch(run_dir: str | Path, epoch: int, reason: str) -> Path:
     """Rebuild ``<run>/model`` from the weights of ``epoch`` (kept by ``epoch_weights``), e.g. the epoch chosen
     on out-of-source figures; ``reason`` is recorded as the bundle's ``training.selected_by``. The bundle's
     ``metrics.val`` become that epoch's validation figures. Returns the bundle folder."""
-    import json
-
     from safetensors.torch import load_file
 
     from covidxray.bundle import load_bundle
@@ -600,15 +594,19 @@ def reselect_epoch(run_dir: str | Path, epoch: int, reason: str) -> Path:
         )
     bundle = load_bundle(run / "model")
     bundle.model.load_state_dict(load_file(str(path)))
-    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
-    row = next((h for h in history if int(h["epoch"]) == epoch), {})
+    row = next((h for h in read_history(run) if int(h["epoch"]) == epoch), {})
     config = bundle.config
     config.training = {**config.training, "best_epoch": epoch, "selected_by": reason}
     config.metrics = {**config.metrics, "val": {k: v for k, v in row.items() if k.startswith("val_")}}
     config.created = ""
-    tmp, final = run / ".model.tmp", run / "model"
+    return _swap_bundle(run, bundle.model.eval(), config)
+
+
+def _swap_bundle(run_dir: Path, model: XRayNet, config: BundleConfig) -> Path:
+    """Write the bundle next to ``<run>/model`` and swap it in, so ``model/`` is never half written."""
+    tmp, final = run_dir / ".model.tmp", run_dir / "model"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_bundle(tmp, bundle.model.eval(), config)
+    save_bundle(tmp, model, config)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
