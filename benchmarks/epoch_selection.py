@@ -49,7 +49,8 @@ def main() -> None:
     print("| held-out source | rule | epoch | out-of-source COVID AUC |")
     print("|---|---|---|---|")
     for f, (run, info, hist) in folds.items():
-        others = {g: c for g, c in curves.items() if g != f}
+        # only epochs this fold reached (a run its patience stopped early has no later weights)
+        others = {g: c[: len(hist)] for g, c in curves.items() if g != f}
         nested = choose_epoch(others)["epoch"] if others else 0
         rules = {
             "validation": int(info["best_epoch"]),

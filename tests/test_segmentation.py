@@ -87,6 +87,39 @@ def test_lungmask_crops_like_lungcrop_then_blacks_out_what_is_outside_the_lungs(
     assert whole.shape == (48, 48) and whole.min() > 0
 
 
+def test_equalize_lungs_takes_the_lookup_table_from_the_lung_fields_and_keeps_the_crop():
+    # lungs of one texture inside a body whose brightness differs between two "hospitals": with the crop's own
+    # histogram the lungs' grey levels move with the body; with the lungs' histogram they do not
+    rng = np.random.default_rng(1)
+    lung_tex = rng.uniform(0.1, 0.5, (100, 120)).astype(np.float32)
+    mask = two_lungs()
+    body_tex = rng.uniform(0.0, 0.3, (100, 120)).astype(np.float32)
+    images = [np.where(mask, lung_tex, body + body_tex).astype(np.float32) for body in (0.05, 0.6)]
+    lungs = Preprocessing(image_size=48, resize="lungcrop", lungcrop_margin=0.1).canonical_mask(mask)
+    inner = lungs.copy()  # away from the edges, where resizing blends lung and body
+    for dy, dx in ((-2, 0), (2, 0), (0, -2), (0, 2)):
+        inner &= np.roll(lungs, (dy, dx), axis=(0, 1))
+
+    def lung_levels(intensity):
+        p = Preprocessing(image_size=48, resize="lungcrop", intensity=intensity, lungcrop_margin=0.1)
+        return [p.canonical(img, mask) for img in images]
+
+    (a, b), (c, d) = lung_levels("equalize"), lung_levels("equalize_lungs")
+    moved = [np.abs(x[inner].astype(int) - y[inner].astype(int)).mean() for x, y in ((a, b), (c, d))]
+    assert moved[1] < 3 and moved[0] > 3 * moved[1], moved  # the crop's histogram moved them, the lungs' not
+    assert not np.array_equal(a, c)
+    assert c[lungs].min() < 20 and c[lungs].max() > 235  # the lung fields span the whole range
+    assert (d[~lungs] > 0).all()  # nothing blacked out (a body brighter than the lungs stays bright)
+    assert "equalize_lungs" in str(Preprocessing(resize="lungcrop", intensity="equalize_lungs").cache_key())
+    with pytest.raises(ValueError, match="equalize_lungs.*lungcrop"):
+        Preprocessing(resize="squash", intensity="equalize_lungs")
+    # no usable mask: the whole image, equalised on its own histogram (as lungcrop falls back)
+    plain = Preprocessing(image_size=48, resize="lungcrop", lungcrop_margin=0.1, intensity="equalize")
+    eql = Preprocessing(image_size=48, resize="lungcrop", lungcrop_margin=0.1, intensity="equalize_lungs")
+    empty = np.zeros((100, 120), bool)
+    assert np.array_equal(plain.canonical(images[0], empty), eql.canonical(images[0], empty))
+
+
 # -- the shipped segmenter on real images --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def jsrt_pairs(data_root):

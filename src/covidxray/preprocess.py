@@ -37,7 +37,10 @@ LUNGMASK_DILATION = 0.04
 # A lung mask (bool (H, W), the image's size) or a function computing it from the grayscale float image.
 LungMask = Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]  # noqa: UP007
 MIN_LUNG_BOX = 0.2  # a lung box narrower/shorter than this share of the image is not trusted: no crop
-INTENSITY_MODES = ("equalize", "percentile", "minmax", "none")
+# equalize_lungs (resize lungcrop / lungmask only): the equalisation's lookup table comes from the lung fields'
+# histogram alone and is applied to the whole crop, so how much mediastinum, soft tissue and border a crop holds
+# does not move the lungs' grey levels
+INTENSITY_MODES = ("equalize", "equalize_lungs", "percentile", "minmax", "none")
 CHANNELS = (1, 3)  # grey, or grey repeated for three-channel (ImageNet) backbones
 
 # The test-time views, in the order ``--tta N`` takes them (the first N). Mild on purpose, inside what the
@@ -120,6 +123,11 @@ class Preprocessing:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
         if self.intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+        if self.intensity == "equalize_lungs" and not self.needs_lungs:
+            raise ValueError(
+                f"intensity 'equalize_lungs' needs the lung fields: use it with resize 'lungcrop' or 'lungmask', "
+                f"not {self.resize!r}"
+            )
         if not 16 <= int(self.image_size) <= 2048:
             raise ValueError(f"image_size must be between 16 and 2048, got {self.image_size}")
         if self.channels not in CHANNELS:
@@ -181,12 +189,23 @@ class Preprocessing:
         img = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
         img = self._fit(img, box, Image.Resampling.BILINEAR)
         keep = None  # lungmask: the widened lung fields in the canonical frame ("L", 255 inside)
+        if self.intensity == "equalize_lungs" and self.resize == "lungcrop" and box is not None:
+            lungs = self._fit(
+                Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L"),
+                box,
+                Image.Resampling.NEAREST,
+            )
+            # the lungs' inside (2 px in from the edge, where resizing blends lung with what surrounds it)
+            inner = lungs.filter(ImageFilter.MinFilter(5))
+            lungs = inner if np.asarray(inner).any() else lungs
+            if np.asarray(lungs).any():  # the histogram of the lungs, the lookup table applied everywhere
+                return np.asarray(ImageOps.equalize(img, mask=lungs), dtype=np.uint8)
         if self.resize == "lungmask" and box is not None:
             m = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L")
             k = 2 * max(1, round(LUNGMASK_DILATION * s)) + 1
             keep = self._fit(m, box, Image.Resampling.NEAREST).filter(ImageFilter.MaxFilter(k))
         inside = None if keep is None else np.asarray(keep) > 127
-        if self.intensity == "equalize":
+        if self.intensity in ("equalize", "equalize_lungs"):  # lungmask: keep is the lungs; no box: plain
             out = np.asarray(ImageOps.equalize(img, mask=keep), dtype=np.uint8)
             return out if inside is None else np.where(inside, out, 0).astype(np.uint8)
         arr = np.asarray(img, dtype=np.float32)
