@@ -167,10 +167,16 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         a["probe_label_only"] = probe.label_only_baseline
         a["auc_test"] = auc_ci(is_covid[test], p_all[test], pid[test])
         if "pooled" in out:
-            a["jsrt_covid_share_balanced"] = float(np.mean(p_jsrt >= out["pooled"]["balanced"]))
+            # the point the all-sources model decides with: the pooled balanced threshold, or, when `covidxray
+            # run` carried it to that model as an in-source sensitivity (covidxray.pipeline), the carried one
+            stored = load_bundle(row_dir / "all" / "model").config.operating_points.get("balanced", {})
+            t_dec = stored["threshold"] if "carried" in stored else out["pooled"]["balanced"]
+            a["decision_threshold"] = float(t_dec)
+            a["decision_carried"] = "carried" in stored
+            a["jsrt_covid_share_balanced"] = float(np.mean(p_jsrt >= t_dec))
             a["jsrt_covid_share_screening"] = float(np.mean(p_jsrt >= out["pooled"]["screening"]))
             nn = (jsrt["subtype"].astype(str) == "non-nodule").to_numpy()
-            a["jsrt_nonnodule_covid_share_balanced"] = float(np.mean(p_jsrt[nn] >= out["pooled"]["balanced"]))
+            a["jsrt_nonnodule_covid_share_balanced"] = float(np.mean(p_jsrt[nn] >= t_dec))
         out["all"] = a
     out["train_seconds"] = seconds
     return out

@@ -87,6 +87,15 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
         run = json.loads((out / "loso" / fold / "run.json").read_text())
         assert run["config"]["holdout_source"] == fold
     assert "kept" in metrics["operating_points"]
+    # the balanced point decides for the default model at the threshold that gives it the in-source
+    # sensitivity the fold models had at their pooled threshold (carried as a rank, not as a probability)
+    points = json.loads((out / "loso" / "points.json").read_text())
+    carried = config["operating_points"]["balanced"]["carried"]
+    assert carried["fold_threshold"] == points["balanced"]["threshold"]
+    assert carried["in_source_sensitivity"] == points["balanced"]["in_source_sensitivity"]
+    assert carried["validation"]["sensitivity"] >= carried["in_source_sensitivity"]
+    assert (out / "loso" / "in_source_val.csv").is_file()
+    assert config["operating_points"]["screening"]["threshold"] == points["screening"]["threshold"]
     # the epoch was chosen on the folds' held-out curves, and both the folds and the default model keep it
     selection = json.loads((out / "loso" / "selection.json").read_text())
     assert selection["epoch"] == 1 and set(selection["curves"]) == {"other", "tiny"}

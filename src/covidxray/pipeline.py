@@ -15,6 +15,15 @@ model's own in-source validation split, whose threshold does not travel to anoth
 fewer than two sources holding COVID-19 there is no such fold, and ``evaluate`` chooses them on validation as
 before.
 
+The balanced point is chosen on the *fold* models but decides for the *default* model, another network whose
+probabilities need not sit where theirs do. It is carried over as a rank, not as a probability
+(:func:`carry_balanced_point`): the fold models' pooled balanced threshold gives some COVID sensitivity on their
+own in-source validation rows, and the default model decides at the highest threshold that gives at least that
+sensitivity on its validation split. Between the two leave-one-source-out folds of five recipes, a point carried
+this way kept min(sensitivity, specificity) on the held-out source higher than the bare probability in all ten
+cases (BENCHMARKS.md, "Carrying the operating point to another model"; ``benchmarks/point_transfer.py``). The
+screening point stays the pooled probability.
+
 Each step writes a stamp (``<out>/stamps/<step>.json``) holding a fingerprint of its inputs and its
 arguments; a step whose stamp matches and whose output exists is skipped, like make. ``--force`` reruns all.
 """
@@ -192,7 +201,9 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         points_file.write_text(json.dumps(points, indent=2) + "\n")
 
     # the folds come first: they choose the epoch the default model keeps and the points it decides with
-    steps.run("loso", {"manifest": manifest_sha1, "recipe": recipe}, points_file, loso)
+    # "points": the version of what points.json holds (2: the balanced point's in-source sensitivity, carried to
+    # the default model by carry_balanced_point); an older loso step reruns
+    steps.run("loso", {"manifest": manifest_sha1, "recipe": recipe, "points": 2}, points_file, loso)
     points = json.loads(points_file.read_text())
     selection = json.loads(selection_file.read_text()) if selection_file.is_file() else {"epoch": 0}
     points_sha1 = file_sha1(points_file)
@@ -212,7 +223,16 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         )
         train_model(cfg)
         if points is not None:
-            set_operating_points(bundle_dir, points, "balanced")
+            from covidxray.data.manifest import read_manifest
+
+            carried = carry_balanced_point(bundle_dir, read_manifest(manifest), cache_dir, points)
+            set_operating_points(bundle_dir, carried, "balanced")
+            b = carried["balanced"]
+            print(
+                f"balanced point carried to the default model: p(covid) >= {b['threshold']:.3f} (sensitivity "
+                f"{b['carried']['in_source_sensitivity']:.3f} on its validation split, as the fold models had at "
+                f"their pooled p(covid) >= {b['carried']['fold_threshold']:.3f})"
+            )
 
     steps.run(
         "train",
@@ -327,7 +347,7 @@ def loso_operating_points(
 
     from covidxray.bundle import load_bundle
     from covidxray.evaluation.inference import run_inference
-    from covidxray.evaluation.operating_point import choose_operating_points
+    from covidxray.evaluation.operating_point import choose_operating_points, rates_at
     from covidxray.training.config import TrainConfig
     from covidxray.training.history import read_history
     from covidxray.training.trainer import reselect_epoch
@@ -352,19 +372,27 @@ def loso_operating_points(
         train_model(cfg, df)
         curves[fold] = [h.get(f"holdout_auc_{cls}") for h in read_history(run)]
     selection = choose_epoch(curves)
-    pooled = []
+    pooled, in_source = [], []
+    src, split = df["source"].astype(str).to_numpy(), df["split"].astype(str).to_numpy()
     for fold in folds:
         run = out / fold
         if selection["epoch"]:
             reselect_epoch(run, selection["epoch"], f"select_epoch {selection['epoch']}: {selection['rule']}")
         bundle = load_bundle(run / "model")
-        rows = np.flatnonzero((df["source"].astype(str) == fold).to_numpy())
-        res = run_inference(bundle, df, cache_dir, 64, rows)
-        part = df.iloc[rows][["path", "source", "label", "patient_id"]].copy()
-        part["p"] = res.probabilities[:, list(bundle.config.classes).index(cls)]
-        pooled.append(part)
+        # every image of the held-out source, then the fold's own in-source validation rows
+        for rows, parts in (
+            (np.flatnonzero(src == fold), pooled),
+            (np.flatnonzero((src != fold) & (split == "val")), in_source),
+        ):
+            res = run_inference(bundle, df, cache_dir, 64, rows)
+            part = df.iloc[rows][["path", "source", "label", "patient_id"]].copy()
+            part["p"] = res.probabilities[:, list(bundle.config.classes).index(cls)]
+            part["fold"] = fold
+            parts.append(part)
     pool = pd.concat(pooled, ignore_index=True)
     pool.to_csv(out / "pooled.csv", index=False)
+    val = pd.concat(in_source, ignore_index=True)
+    val.to_csv(out / "in_source_val.csv", index=False)
     points = choose_operating_points(
         (pool["label"].astype(str) == cls).to_numpy(),
         pool["p"].to_numpy(),
@@ -377,7 +405,57 @@ def loso_operating_points(
             + ")"
         ),
     )
+    # what the balanced threshold means on images like the ones the fold models trained on: carried to the
+    # default model as that in-source sensitivity (carry_balanced_point)
+    t = float(points["balanced"]["threshold"])
+    points["balanced"]["in_source_sensitivity"] = rates_at(
+        (val["label"].astype(str) == cls).to_numpy(), val["p"].to_numpy(), t
+    )["sensitivity"]
     return points, selection
+
+
+def carry_balanced_point(
+    bundle_dir: Path, df: Any, cache_dir: Path, points: dict[str, dict], cls: str = "covid"
+) -> dict[str, dict]:
+    """``points`` with the balanced threshold carried from the fold models to the model at ``bundle_dir``: the
+    highest threshold at which that model's COVID sensitivity on its validation split is at least the
+    ``in_source_sensitivity`` the fold models had at the pooled threshold (see the module docstring). Points
+    without that figure (older points files) are returned unchanged."""
+    import numpy as np
+
+    from covidxray.bundle import load_bundle
+    from covidxray.evaluation.inference import run_inference
+    from covidxray.evaluation.operating_point import rates_at, threshold_for_sensitivity
+
+    b = points.get("balanced", {})
+    if b.get("in_source_sensitivity") is None:
+        return points
+    bundle = load_bundle(bundle_dir)
+    rows = np.flatnonzero((df["split"].astype(str) == "val").to_numpy())
+    p = run_inference(bundle, df, cache_dir, 64, rows).probabilities[
+        :, list(bundle.config.classes).index(cls)
+    ]
+    y = df["label"].astype(str).to_numpy()[rows] == cls
+    target = float(b["in_source_sensitivity"])
+    t = threshold_for_sensitivity(y, p, target)
+    carried = {k: v for k, v in b.items() if k not in ("threshold", "threshold_ci", "in_source_sensitivity")}
+    carried["threshold"] = t
+    chosen = dict(b.get("chosen_on") or {})
+    chosen["description"] = (
+        chosen.get("description", "pooled out-of-source predictions")
+        + f"; carried to this model as the threshold that gives it COVID sensitivity >= {target:.3f} on its "
+        f"validation split ({len(rows)} images), the fold models' in-source sensitivity at that point"
+    )
+    carried["chosen_on"] = chosen
+    carried["carried"] = {
+        "rule": "the highest threshold with COVID sensitivity on this model's validation split at least the "
+        "fold models' sensitivity on their in-source validation rows at the pooled balanced threshold",
+        "fold_threshold": float(b["threshold"]),
+        "fold_threshold_ci": b.get("threshold_ci"),
+        "in_source_sensitivity": target,
+        "validation": {"n_images": int(len(rows)), **rates_at(y, p, t)},
+    }
+    return {**points, "balanced": carried}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
