@@ -94,6 +94,7 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
     assert carried["fold_threshold"] == points["balanced"]["threshold"]
     assert carried["in_source_sensitivity"] == points["balanced"]["in_source_sensitivity"]
     assert carried["validation"]["sensitivity"] >= carried["in_source_sensitivity"]
+    assert "sensitivity" not in config["operating_points"]["balanced"]  # those were the fold threshold's
     assert (out / "loso" / "in_source_val.csv").is_file()
     assert config["operating_points"]["screening"]["threshold"] == points["screening"]["threshold"]
     # the epoch was chosen on the folds' held-out curves, and both the folds and the default model keep it

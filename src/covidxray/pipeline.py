@@ -438,7 +438,10 @@ def carry_balanced_point(
     y = df["label"].astype(str).to_numpy()[rows] == cls
     target = float(b["in_source_sensitivity"])
     t = threshold_for_sensitivity(y, p, target)
-    carried = {k: v for k, v in b.items() if k not in ("threshold", "threshold_ci", "in_source_sensitivity")}
+    # what was measured at the fold threshold on the pooled images moves under "carried": it is not this
+    # threshold's
+    measured = ("threshold", "threshold_ci", "in_source_sensitivity", "sensitivity", "specificity", "note")
+    carried = {k: v for k, v in b.items() if k not in measured}
     carried["threshold"] = t
     chosen = dict(b.get("chosen_on") or {})
     chosen["description"] = (
@@ -452,6 +455,7 @@ def carry_balanced_point(
         "fold models' sensitivity on their in-source validation rows at the pooled balanced threshold",
         "fold_threshold": float(b["threshold"]),
         "fold_threshold_ci": b.get("threshold_ci"),
+        "at_fold_threshold_on_pooled": {k: b[k] for k in ("sensitivity", "specificity", "note") if k in b},
         "in_source_sensitivity": target,
         "validation": {"n_images": int(len(rows)), **rates_at(y, p, t)},
     }
