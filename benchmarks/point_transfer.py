@@ -36,15 +36,6 @@ from covidxray.evaluation.operating_point import rates_at, threshold_for_sensiti
 FOLDS = ("cohen", "radiography")
 
 
-def _balanced_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
-    score = np.minimum(tpr, 1 - fpr)
-    best = np.flatnonzero(score >= score.max() - 1e-12)
-    return float(min(thr[best[0]], 1.0))
-
-
 def threshold_matching(y: np.ndarray, p: np.ndarray, target: float, what: str) -> float:
     """The threshold at which ``what`` ("sensitivity" or "specificity") on (y, p) is closest to ``target``
     (ties: the higher threshold)."""
@@ -96,7 +87,7 @@ def main() -> None:
             p_b, _ = pred[other]
             held_a, held_b = src == fold, src == other
             val_a, val_b = (~held_a) & (split == "val"), (~held_b) & (split == "val")
-            t_b = _balanced_threshold(y_all[held_b], p_b[held_b])
+            t_b = gen.balanced_threshold(y_all[held_b], p_b[held_b])
             in_b = rates_at(y_all[val_b], p_b[val_b], t_b)
             thresholds = {
                 "probability": t_b,

@@ -127,3 +127,45 @@ def test_choose_epoch_takes_the_best_smoothed_mean_over_folds() -> None:
     assert choose_epoch({"a": [0.5, 0.9, 0.5]}, smooth=1)["epoch"] == 2
     assert choose_epoch({"a": [0.6, None]})["epoch"] == 0  # an undefined AUC: keep the best on validation
     assert choose_epoch({})["epoch"] == 0
+
+
+def test_carry_balanced_point_moves_only_the_balanced_threshold(tmp_path: Path, tiny_bundle: Path) -> None:
+    from covidxray.data.manifest import build_manifest, read_manifest
+    from covidxray.pipeline import carry_balanced_point
+
+    manifest = build_manifest(_tree(tmp_path / "data"), out=tmp_path / "manifest.csv", seed=0, workers=1)
+    df = read_manifest(manifest)
+    pooled = {"description": "pooled out-of-source predictions", "n_images": 40}
+    points = {
+        "screening": {"class": "covid", "threshold": 0.1, "rule": "sensitivity>=0.95", "chosen_on": pooled},
+        "balanced": {
+            "class": "covid",
+            "threshold": 0.5,
+            "threshold_ci": [0.4, 0.6],
+            "rule": "max min(sensitivity,specificity)",
+            "chosen_on": pooled,
+            "in_source_sensitivity": 0.5,
+            "sensitivity": {"value": 0.6},
+            "specificity": {"value": 0.7},
+        },
+    }
+    out = carry_balanced_point(tiny_bundle, df, tmp_path / "cache", points)
+    b = out["balanced"]
+    assert out["screening"] == points["screening"] and points["balanced"]["threshold"] == 0.5  # input kept
+    assert b["carried"]["fold_threshold"] == 0.5 and b["carried"]["fold_threshold_ci"] == [0.4, 0.6]
+    assert b["carried"]["at_fold_threshold_on_pooled"] == {
+        "sensitivity": {"value": 0.6},
+        "specificity": {"value": 0.7},
+    }
+    assert (
+        "sensitivity" not in b
+        and "threshold_ci" not in b
+        and "carried to this model" in b["chosen_on"]["description"]
+    )
+    # a threshold that reaches the target sensitivity on the validation split
+    val = b["carried"]["validation"]
+    assert val["sensitivity"] >= 0.5 and 0.0 <= b["threshold"] <= 1.0
+    # without COVID-19 in the validation split there is nothing to carry the rank on: the points stay as they are
+    no_covid = df[~((df["split"] == "val") & (df["label"] == "covid"))].reset_index(drop=True)
+    no_covid.attrs = dict(df.attrs)
+    assert carry_balanced_point(tiny_bundle, no_covid, tmp_path / "cache", points) is points

@@ -437,6 +437,9 @@ def carry_balanced_point(
     ]
     y = df["label"].astype(str).to_numpy()[rows] == cls
     target = float(b["in_source_sensitivity"])
+    if not y.any():  # no COVID-19 in the validation split: nothing to carry the rank on
+        print(f"no {cls} image in the validation split: the balanced point stays the pooled probability")
+        return points
     t = threshold_for_sensitivity(y, p, target)
     # what was measured at the fold threshold on the pooled images moves under "carried": it is not this
     # threshold's
