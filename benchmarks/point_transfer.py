@@ -89,6 +89,9 @@ def main() -> None:
             val_a, val_b = (~held_a) & (split == "val"), (~held_b) & (split == "val")
             t_b = gen.balanced_threshold(y_all[held_b], p_b[held_b])
             in_b = rates_at(y_all[val_b], p_b[val_b], t_b)
+            if not in_b["sensitivity"] or in_b["specificity"] is None:
+                print(f"{row}/{fold}: no in-source COVID-19 reached at {t_b:.3f}: skipped")
+                continue
             thresholds = {
                 "probability": t_b,
                 # what `covidxray run` does (covidxray.pipeline.carry_balanced_point)

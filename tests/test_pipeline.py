@@ -169,3 +169,7 @@ def test_carry_balanced_point_moves_only_the_balanced_threshold(tmp_path: Path, 
     no_covid = df[~((df["split"] == "val") & (df["label"] == "covid"))].reset_index(drop=True)
     no_covid.attrs = dict(df.attrs)
     assert carry_balanced_point(tiny_bundle, no_covid, tmp_path / "cache", points) is points
+    # nor when the fold models reached no in-source COVID-19 at the pooled threshold (sensitivity 0 or unknown)
+    for nothing in (0.0, None):
+        flat = {**points, "balanced": {**points["balanced"], "in_source_sensitivity": nothing}}
+        assert carry_balanced_point(tiny_bundle, df, tmp_path / "cache", flat) is flat

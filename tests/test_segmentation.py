@@ -113,6 +113,12 @@ def test_equalize_lungs_takes_the_lookup_table_from_the_lung_fields_and_keeps_th
     assert "equalize_lungs" in str(Preprocessing(resize="lungcrop", intensity="equalize_lungs").cache_key())
     with pytest.raises(ValueError, match="equalize_lungs.*lungcrop"):
         Preprocessing(resize="squash", intensity="equalize_lungs")
+    from covidxray.prediction.export import describe_preprocessing  # what an ONNX export says of it
+
+    assert "lung fields' histogram" in describe_preprocessing(
+        eql_pre := Preprocessing(resize="lungcrop", intensity="equalize_lungs")
+    )
+    assert eql_pre.needs_lungs
     # no usable mask: the whole image, equalised on its own histogram (as lungcrop falls back)
     plain = Preprocessing(image_size=48, resize="lungcrop", lungcrop_margin=0.1, intensity="equalize")
     eql = Preprocessing(image_size=48, resize="lungcrop", lungcrop_margin=0.1, intensity="equalize_lungs")

@@ -228,11 +228,17 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             carried = carry_balanced_point(bundle_dir, read_manifest(manifest), cache_dir, points)
             set_operating_points(bundle_dir, carried, "balanced")
             b = carried["balanced"]
-            print(
-                f"balanced point carried to the default model: p(covid) >= {b['threshold']:.3f} (sensitivity "
-                f"{b['carried']['in_source_sensitivity']:.3f} on its validation split, as the fold models had at "
-                f"their pooled p(covid) >= {b['carried']['fold_threshold']:.3f})"
-            )
+            if "carried" in b:
+                print(
+                    f"balanced point carried to the default model: p(covid) >= {b['threshold']:.3f} (its "
+                    f"validation sensitivity >= {b['carried']['in_source_sensitivity']:.3f}, the fold models' on "
+                    f"their in-source validation rows at their pooled p(covid) >= "
+                    f"{b['carried']['fold_threshold']:.3f})"
+                )
+            else:
+                print(
+                    f"balanced point kept as the pooled p(covid) >= {b['threshold']:.3f} (nothing to carry it on)"
+                )
 
     steps.run(
         "train",
@@ -420,7 +426,8 @@ def carry_balanced_point(
     """``points`` with the balanced threshold carried from the fold models to the model at ``bundle_dir``: the
     highest threshold at which that model's COVID sensitivity on its validation split is at least the
     ``in_source_sensitivity`` the fold models had at the pooled threshold (see the module docstring). Points
-    without that figure (older points files) are returned unchanged."""
+    without that figure (older points files), with a sensitivity of 0, or with no COVID-19 in the validation split
+    are returned unchanged."""
     import numpy as np
 
     from covidxray.bundle import load_bundle
@@ -428,7 +435,7 @@ def carry_balanced_point(
     from covidxray.evaluation.operating_point import rates_at, threshold_for_sensitivity
 
     b = points.get("balanced", {})
-    if b.get("in_source_sensitivity") is None:
+    if not b.get("in_source_sensitivity"):  # None (no COVID-19 in the folds' validation rows) or 0: no rank
         return points
     bundle = load_bundle(bundle_dir)
     rows = np.flatnonzero((df["split"].astype(str) == "val").to_numpy())

@@ -61,6 +61,8 @@ def describe_preprocessing(p: Preprocessing) -> str:
     }[p.resize]
     intensity = {
         "equalize": "histogram equalisation (PIL ImageOps.equalize) on the 8-bit image",
+        "equalize_lungs": "histogram equalisation (PIL ImageOps.equalize) of the 8-bit crop with the lookup table "
+        "taken from the lung fields' histogram (the mask eroded by 2 px), applied to the whole crop",
         "percentile": f"stretch the {p.percentiles[0]:g}-{p.percentiles[1]:g} percentiles to 0-255",
         "minmax": "stretch min-max to 0-255",
         "none": "no intensity change",

@@ -30,7 +30,9 @@ function describePreprocessing(p) {
   const size = `${p.image_size}×${p.image_size} px`;
   const how = { squash: "the whole image resized", pad: "the whole image padded to a square",
                 crop: "the centre square", lungcrop: "cropped to the lung fields (plus a margin)" }[p.resize] || p.resize;
-  const tone = p.intensity === "equalize" ? ", histogram-equalised" : p.intensity && p.intensity !== "none" ? `, ${p.intensity} contrast` : "";
+  const tone = p.intensity === "equalize" ? ", histogram-equalised"
+    : p.intensity === "equalize_lungs" ? ", histogram-equalised on the lung fields"
+    : p.intensity && p.intensity !== "none" ? `, ${p.intensity} contrast` : "";
   return `${size} grayscale input: ${how}${tone}`;
 }
 
