@@ -190,20 +190,15 @@ class Preprocessing:
         img = self._fit(img, box, Image.Resampling.BILINEAR)
         keep = None  # lungmask: the widened lung fields in the canonical frame ("L", 255 inside)
         if self.intensity == "equalize_lungs" and self.resize == "lungcrop" and box is not None:
-            lungs = self._fit(
-                Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L"),
-                box,
-                Image.Resampling.NEAREST,
-            )
+            lungs = self._fit_mask(mask, box)
             # the lungs' inside (2 px in from the edge, where resizing blends lung with what surrounds it)
             inner = lungs.filter(ImageFilter.MinFilter(5))
             lungs = inner if np.asarray(inner).any() else lungs
             if np.asarray(lungs).any():  # the histogram of the lungs, the lookup table applied everywhere
                 return np.asarray(ImageOps.equalize(img, mask=lungs), dtype=np.uint8)
         if self.resize == "lungmask" and box is not None:
-            m = Image.fromarray(np.asarray(mask, bool).astype(np.uint8) * 255, mode="L")
             k = 2 * max(1, round(LUNGMASK_DILATION * s)) + 1
-            keep = self._fit(m, box, Image.Resampling.NEAREST).filter(ImageFilter.MaxFilter(k))
+            keep = self._fit_mask(mask, box).filter(ImageFilter.MaxFilter(k))
         inside = None if keep is None else np.asarray(keep) > 127
         if self.intensity in ("equalize", "equalize_lungs"):  # lungmask: keep is the lungs; no box: plain
             out = np.asarray(ImageOps.equalize(img, mask=keep), dtype=np.uint8)
@@ -254,9 +249,13 @@ class Preprocessing:
         """A boolean mask of the image (H, W) in the canonical frame (S, S): the same geometry as
         :meth:`canonical`, nearest neighbour (e.g. the lung fields, to measure where a heatmap falls)."""
         m = np.asarray(mask, dtype=bool)
-        img = Image.fromarray(m.astype(np.uint8) * 255, mode="L")
         box = self.crop_box(m.astype(np.float32), lung_mask if lung_mask is not None else m)
-        return np.asarray(self._fit(img, box, Image.Resampling.NEAREST)) > 127
+        return np.asarray(self._fit_mask(m, box)) > 127
+
+    def _fit_mask(self, mask: np.ndarray, box: tuple[int, int, int, int] | None) -> Image.Image:
+        """A boolean mask (H, W) in the canonical frame: "L" image, 255 inside, nearest neighbour."""
+        img = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L")
+        return self._fit(img, box, Image.Resampling.NEAREST)
 
     # -- step 2: uint8 -> float input -----------------------------------------------------------------------
     def to_input(self, canonical: np.ndarray) -> np.ndarray:
