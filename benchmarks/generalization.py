@@ -3,7 +3,8 @@
 does at another hospital.
 
 For each row folder ``runs/gen/ROW`` with runs ``cohen/`` and ``radiography/`` (that source held out) and ``all/``
-(every source):
+(every source) -- each a run folder, or a folder whose ``members.json`` lists run folders (a small ensemble:
+probabilities averaged, features side by side):
 
 - out-of-source COVID ROC AUC per fold (every image of the held-out source; 95 % patient-bootstrap interval);
 - sensitivity / specificity on the held-out source at operating points chosen **without** that source: on the
@@ -64,11 +65,25 @@ def balanced_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(min(thr[best[0]], 1.0))
 
 
+def members_of(run: Path) -> list[Path]:
+    """The runs behind a row's run folder: itself, or, for a small ensemble, the run folders listed in its
+    ``members.json`` (relative to the ensemble folder or absolute); their probabilities are averaged."""
+    listed = run / "members.json"
+    if not listed.is_file():
+        return [run]
+    return [(run / m).resolve() for m in json.loads(listed.read_text())]
+
+
 def predict(run: Path, df, cache_dir: str, rows=None):
-    bundle = load_bundle(run / "model")
-    classes = list(bundle.config.classes)
-    res = run_inference(bundle, df, cache_dir, 64, rows)
-    return res.probabilities[:, classes.index(COVID)], res.features
+    """p(covid) of a run (an ensemble: the mean over its members) and its penultimate features (an ensemble:
+    the members' side by side)."""
+    probs, feats = [], []
+    for member in members_of(run):
+        bundle = load_bundle(member / "model")
+        res = run_inference(bundle, df, cache_dir, 64, rows)
+        probs.append(res.probabilities[:, list(bundle.config.classes).index(COVID)])
+        feats.append(res.features)
+    return np.mean(probs, axis=0), np.concatenate(feats, axis=1)
 
 
 def fmt(m: dict | None) -> str:
@@ -88,10 +103,11 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
     seconds = {}
     for fold in (*FOLDS, "all"):
         run = row_dir / fold
-        if not (run / "model" / "config.json").is_file():
+        if not run.is_dir() or not (members_of(run)[0] / "model" / "config.json").is_file():
             continue
-        info = json.loads((run / "run.json").read_text())
-        seconds[fold] = info["train_seconds"]
+        infos = [json.loads((m / "run.json").read_text()) for m in members_of(run)]
+        info = infos[0]
+        seconds[fold] = sum(i["train_seconds"] for i in infos)
         # only the rows a figure needs: held-out source + in-source val (folds), test split (all sources)
         need = (split == "test") if fold == "all" else ((src == fold) | ((src != fold) & (split == "val")))
         rows = np.flatnonzero(need)
@@ -111,7 +127,7 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         p_all, _, p_jsrt = preds[fold]
         held = src == fold
         f = {"auc_out": auc_ci(is_covid[held], p_all[held], pid[held])}
-        training = load_bundle(row_dir / fold / "model").config.training
+        training = load_bundle(members_of(row_dir / fold)[0] / "model").config.training
         f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
         # in-source validation rows, sensitivity 0.95 (the rule the bundles used so far)
         val = (~held) & (split == "val")
@@ -169,10 +185,12 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         if "pooled" in out:
             # the point the all-sources model decides with: the pooled balanced threshold, or, when `covidxray
             # run` carried it to that model as an in-source sensitivity (covidxray.pipeline), the carried one
-            stored = load_bundle(row_dir / "all" / "model").config.operating_points.get("balanced", {})
-            t_dec = stored["threshold"] if "carried" in stored else out["pooled"]["balanced"]
+            all_runs = members_of(row_dir / "all")
+            stored = load_bundle(all_runs[0] / "model").config.operating_points.get("balanced", {})
+            carried = "carried" in stored and len(all_runs) == 1  # an ensemble decides at the pooled point
+            t_dec = stored["threshold"] if carried else out["pooled"]["balanced"]
             a["decision_threshold"] = float(t_dec)
-            a["decision_carried"] = "carried" in stored
+            a["decision_carried"] = carried
             a["jsrt_covid_share_balanced"] = float(np.mean(p_jsrt >= t_dec))
             a["jsrt_covid_share_screening"] = float(np.mean(p_jsrt >= out["pooled"]["screening"]))
             nn = (jsrt["subtype"].astype(str) == "non-nodule").to_numpy()
