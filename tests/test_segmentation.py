@@ -258,3 +258,29 @@ def test_explanation_outlines_the_lungs_and_measures_the_in_lung_share(jsrt_pair
     rgb = np.asarray(Image.open(io.BytesIO(e.png)).convert("RGB"))
     cyan = (rgb[..., 0] == 0) & (rgb[..., 1] == 229) & (rgb[..., 2] == 255)
     assert cyan[:512].sum() > 200  # the lung outline drawn over the heatmap
+
+
+def test_lungcrop_margin_is_a_training_option_that_widens_the_crop():
+    # --lungcrop-margin reaches TrainConfig and its preprocessing (so the bundle and the cache key), and acts
+    import argparse
+
+    from covidxray.training.cli import add_train_flags, given_train_options
+    from covidxray.training.config import ConfigError, TrainConfig
+
+    parser = argparse.ArgumentParser()
+    add_train_flags(parser)
+    given = given_train_options(parser.parse_args(["--resize", "lungcrop", "--lungcrop-margin", "0.25"]))
+    assert given == {"resize": "lungcrop", "lungcrop_margin": 0.25}
+    wide = TrainConfig(**given).preprocessing()
+    narrow = TrainConfig(resize="lungcrop", lungcrop_margin=0.0).preprocessing()
+    assert TrainConfig(resize="lungcrop").preprocessing().lungcrop_margin == 0.1  # the shipped recipe's
+    assert wide.lungcrop_margin == 0.25 and wide.cache_key() != narrow.cache_key()
+    mask = two_lungs()
+    img = np.where(mask, 0.3, 0.8).astype(np.float32)
+    assert narrow.crop_box(img, mask) == (15, 20, 105, 80)  # the lung fields' own box
+    assert wide.crop_box(img, mask) == (0, 5, 120, 95)  # widened by a quarter of it (clipped to the image)
+    # the narrow crop is lungs edge to edge; the wide one shows the body around them
+    assert (narrow.canonical(img, mask)[:, 0] < 128).mean() > (wide.canonical(img, mask)[:, 0] < 128).mean()
+    assert Preprocessing.from_dict(wide.to_dict()).lungcrop_margin == 0.25  # what a bundle stores
+    with pytest.raises(ConfigError, match="lungcrop_margin"):
+        TrainConfig(resize="lungcrop", lungcrop_margin=0.7)

@@ -61,6 +61,8 @@ HELP: dict[str, str] = {
     "intensity": "intensity normalisation of the preprocessing",
     "resize": "how an image becomes square (lungcrop: the lung fields found by the shipped segmenter, plus a margin)",
     "channels": "network input channels",
+    "lungcrop_margin": "resize lungcrop / lungmask: the lung fields' box widened by this share of its size on each "
+    "side (0 to 0.5)",
     "holdout_source": "leave this source out of train and val (for a cross-source test)",
     "cache_dir": "image cache folder",
     "max_minutes": "stop after the epoch that exceeds this training time",

@@ -104,6 +104,7 @@ class TrainConfig:
     intensity: str = "equalize"
     resize: str = "squash"
     channels: int = 1
+    lungcrop_margin: float = 0.1  # resize lungcrop / lungmask: the lung box widened by this share of its size
     holdout_source: str | None = None
     cache_dir: str = "runs/cache"
     max_minutes: float | None = None
@@ -173,6 +174,10 @@ class TrainConfig:
             raise ConfigError(
                 f"select_epoch {self.select_epoch} is after the last epoch ({self.epochs}): raise --epochs"
             )
+        if not 0.0 <= self.lungcrop_margin <= 0.5:
+            raise ConfigError(
+                f"lungcrop_margin is a share of the lung box's size on each side, 0 to 0.5, got {self.lungcrop_margin}"
+            )
         if self.channels not in CHANNELS:
             raise ConfigError(f"channels must be one of {list(CHANNELS)}, got {self.channels}")
 
@@ -195,6 +200,7 @@ class TrainConfig:
             channels=self.channels,
             resize=self.resize,
             intensity=self.intensity,
+            lungcrop_margin=self.lungcrop_margin,
             lung_segmenter=segmenter,
         )
 
