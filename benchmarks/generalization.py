@@ -101,11 +101,13 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
     pid = df["patient_id"].astype(str).to_numpy()
     preds = {}
     seconds = {}
+    # each fold's run folder(s): one run, or an ensemble's members
+    members = {f: members_of(row_dir / f) for f in (*FOLDS, "all") if (row_dir / f).is_dir()}
     for fold in (*FOLDS, "all"):
         run = row_dir / fold
-        if not run.is_dir() or not (members_of(run)[0] / "model" / "config.json").is_file():
+        if fold not in members or not (members[fold][0] / "model" / "config.json").is_file():
             continue
-        infos = [json.loads((m / "run.json").read_text()) for m in members_of(run)]
+        infos = [json.loads((m / "run.json").read_text()) for m in members[fold]]
         info = infos[0]
         seconds[fold] = sum(i["train_seconds"] for i in infos)
         # only the rows a figure needs: held-out source + in-source val (folds), test split (all sources)
@@ -127,7 +129,7 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         p_all, _, p_jsrt = preds[fold]
         held = src == fold
         f = {"auc_out": auc_ci(is_covid[held], p_all[held], pid[held])}
-        training = load_bundle(members_of(row_dir / fold)[0] / "model").config.training
+        training = load_bundle(members[fold][0] / "model").config.training
         f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
         # in-source validation rows, sensitivity 0.95 (the rule the bundles used so far)
         val = (~held) & (split == "val")
@@ -185,9 +187,9 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         if "pooled" in out:
             # the point the all-sources model decides with: the pooled balanced threshold, or, when `covidxray
             # run` carried it to that model as an in-source sensitivity (covidxray.pipeline), the carried one
-            all_runs = members_of(row_dir / "all")
-            stored = load_bundle(all_runs[0] / "model").config.operating_points.get("balanced", {})
-            carried = "carried" in stored and len(all_runs) == 1  # an ensemble decides at the pooled point
+            stored = load_bundle(members["all"][0] / "model").config.operating_points.get("balanced", {})
+            # an ensemble decides at the pooled point
+            carried = "carried" in stored and len(members["all"]) == 1
             t_dec = stored["threshold"] if carried else out["pooled"]["balanced"]
             a["decision_threshold"] = float(t_dec)
             a["decision_carried"] = carried

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from covidxray.preprocess import CHANNELS
+from covidxray.preprocess import CHANNELS, Preprocessing
 from covidxray.vocabulary import INITS, LABELS, REST
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -174,10 +174,10 @@ class TrainConfig:
             raise ConfigError(
                 f"select_epoch {self.select_epoch} is after the last epoch ({self.epochs}): raise --epochs"
             )
-        if not 0.0 <= self.lungcrop_margin <= 0.5:
-            raise ConfigError(
-                f"lungcrop_margin is a share of the lung box's size on each side, 0 to 0.5, got {self.lungcrop_margin}"
-            )
+        try:  # the preprocessing's own bound on the margin
+            Preprocessing(lungcrop_margin=self.lungcrop_margin)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.channels not in CHANNELS:
             raise ConfigError(f"channels must be one of {list(CHANNELS)}, got {self.channels}")
 
@@ -188,8 +188,6 @@ class TrainConfig:
 
     def preprocessing(self):
         """The :class:`covidxray.preprocess.Preprocessing` this run trains with (and its bundle stores)."""
-        from covidxray.preprocess import Preprocessing
-
         segmenter = ""
         if self.resize in ("lungcrop", "lungmask"):  # the crops depend on the segmenter: record which one
             from covidxray.segmentation.segmenter import default_segmenter_version
