@@ -111,6 +111,32 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
         assert f"[{step}] up to date" in again
 
 
+def test_run_with_weight_averaging_keeps_the_average_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recipe with ``average_from``: no epoch is chosen; the folds (for the points) and the default model keep
+    the average of the weights of epochs 2 to the last, and the record says so."""
+    from covidxray import pipeline
+
+    monkeypatch.setitem(pipeline.DEFAULT_RECIPE, "average_from", 2)
+    root, out = _tree(tmp_path / "data", per_class=6), tmp_path / "runs"
+    args = ["run", "--root", str(root), "--out", str(out), "--model", "seed_cnn6", "--image-size", "32",
+            "--epochs", "3", "--workers", "1"]  # fmt: skip
+    assert main(args) == 0
+    assert "weights averaged over epochs 2-3" in capsys.readouterr().out
+    selection = json.loads((out / "loso" / "selection.json").read_text())
+    assert selection["epoch"] == 0 and selection["averaged_epochs"] == [2, 3]
+    assert set(selection["averaged_holdout_auc_covid"]) == {"other", "tiny"}
+    config = json.loads((out / "default" / "model" / "config.json").read_text())
+    assert config["training"]["averaged_epochs"] == [2, 3] and config["training"]["epochs_run"] == 3
+    assert (
+        "each the average of epochs 2-3" in config["operating_points"]["balanced"]["chosen_on"]["description"]
+    )
+    for fold in ("other", "tiny"):
+        run = json.loads((out / "loso" / fold / "run.json").read_text())
+        assert run["averaged_epochs"] == [2, 3] and run["averaged_holdout"]["holdout_auc_covid"] is not None
+
+
 def test_run_reports_a_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "runs")]) == 3
     assert "is not a folder" in capsys.readouterr().err

@@ -181,6 +181,58 @@ def test_epoch_weights_reselect_and_select_epoch_keep_the_chosen_epoch(
         TrainConfig(epochs=3, select_epoch=4)
 
 
+def test_average_from_keeps_the_mean_of_the_last_epochs_weights(manifest: Path, tmp_path: Path) -> None:
+    """--average-from 2 of 3 epochs: model/ is the mean of epochs 2 and 3 (not any one epoch), patience does
+    not stop the run, the record says so; the flag reaches the run; batch-norm models recompute statistics."""
+    from covidxray.training.trainer import average_epoch_weights, epoch_weights_path
+
+    out = tmp_path / "swa"
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "3",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--patience", "1", "--average-from", "2", "--holdout-source", "a", "--out", str(out),
+            "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert (info["status"], info["epochs_run"], info["best_epoch"]) == ("completed", 3, 3)
+    assert info["averaged_epochs"] == [2, 3] and info["config"]["average_from"] == 2
+    assert info["selected_by"] == "average of epochs 2-3 (average_from 2)"
+    assert set(info["averaged_holdout"]) == {"holdout_auc_covid", "holdout_auc_macro"}
+    e2, e3 = (load_file(str(epoch_weights_path(out, e))) for e in (2, 3))
+    avg = _weights(out)
+    for k in avg:
+        assert torch.allclose(avg[k], (e2[k] + e3[k]) / 2, atol=1e-6), k
+    assert not torch.equal(avg["net.conv.conv1.weight"], e3["net.conv.conv1.weight"])
+    b = load_bundle(out / "model")
+    assert b.config.training["averaged_epochs"] == [2, 3]
+    assert b.config.metrics["val"]["val_auc_macro"] is not None  # measured on the averaged weights
+    # the averaged model's validation figures are its own, not epoch 3's
+    last = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    assert b.config.metrics["val"]["val_loss"] != pytest.approx(last["val_loss"], abs=1e-9)
+    with pytest.raises(ConfigError, match="average_from 4 is after the last epoch"):
+        TrainConfig(epochs=3, average_from=4)
+    with pytest.raises(ConfigError, match="average_from must not be negative"):
+        TrainConfig(average_from=-1)
+    # batch norm: the running statistics are recomputed for the averaged weights, and without batches refused
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    run = tmp_path / "bn"
+    (run / "epochs").mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    for e, scale in ((1, 1.0), (2, 3.0)):
+        sd = {k: v.clone() for k, v in net.state_dict().items()}
+        sd["0.weight"] = torch.full_like(sd["0.weight"], scale)
+        save_file(sd, str(epoch_weights_path(run, e)))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="batch norm"):
+        average_epoch_weights(net, run, 1, 2)
+    batches = [torch.ones(4, 1, 5, 5)]
+    avg_net = average_epoch_weights(net, run, 1, 2, batches)
+    assert torch.allclose(avg_net[0].weight, torch.full_like(avg_net[0].weight, 2.0))
+    mean = avg_net[0](batches[0]).mean(dim=(0, 2, 3))
+    assert torch.allclose(avg_net[1].running_mean, mean, atol=1e-5)  # statistics of the averaged conv
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the model itself untouched
+
+
 def test_selection_flags_reach_the_run(manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "2",

@@ -191,8 +191,13 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         if points is None:
             print("no leave-one-source-out fold (fewer than two sources hold COVID-19): points chosen on val")
         else:
+            kept = (
+                f"weights averaged over epochs {selection['averaged_epochs'][0]}-{selection['averaged_epochs'][1]}"
+                if selection.get("averaged_epochs")
+                else f"epoch chosen out of source: {selection['epoch']} ({selection['rule']})"
+            )
             print(
-                f"epoch chosen out of source: {selection['epoch']} ({selection['rule']}); operating points "
+                f"{kept}; operating points "
                 + ", ".join(f"{k} p(covid) >= {v['threshold']:.3f}" for k, v in points.items())
                 + "; balanced decides"
             )
@@ -334,6 +339,27 @@ def choose_epoch(curves: dict[str, list[float | None]], smooth: int = 3) -> dict
     }
 
 
+def averaged_selection(
+    curves: dict[str, list[float | None]], out: Path, folds: list[str], first: int
+) -> dict[str, Any]:
+    """What replaces :func:`choose_epoch` when the recipe averages its weights (``average_from``): no epoch is
+    chosen, each model keeps the mean of the weights of epochs ``first`` to its last; the folds' per-epoch
+    held-out curves and their averaged models' held-out COVID AUC are recorded."""
+    runs = {f: json.loads((out / f / "run.json").read_text()) for f in folds}
+    lasts = {f: r.get("averaged_epochs") for f, r in runs.items()}
+    last = max((v[1] for v in lasts.values() if v), default=0)
+    return {
+        "epoch": 0,
+        "averaged_epochs": [first, last] if last else None,
+        "rule": f"no epoch chosen: every model keeps the average of the weights of epochs {first} to its last "
+        "(weight averaging, average_from)",
+        "averaged_holdout_auc_covid": {
+            f: (r.get("averaged_holdout") or {}).get("holdout_auc_covid") for f, r in runs.items()
+        },
+        "curves": {f: [None if v is None else round(float(v), 4) for v in c] for f, c in curves.items()},
+    }
+
+
 def loso_operating_points(
     manifest: Path,
     df: Any,
@@ -377,7 +403,8 @@ def loso_operating_points(
         )
         train_model(cfg, df)
         curves[fold] = [h.get(f"holdout_auc_{cls}") for h in read_history(run)]
-    selection = choose_epoch(curves)
+    first = int(recipe.get("average_from") or 0)
+    selection = averaged_selection(curves, out, folds, first) if first else choose_epoch(curves)
     pooled, in_source = [], []
     src, split = df["source"].astype(str).to_numpy(), df["split"].astype(str).to_numpy()
     for fold in folds:
@@ -408,6 +435,11 @@ def loso_operating_points(
             "pooled out-of-source predictions of leave-one-source-out runs of the same recipe ("
             + ", ".join(f"{f} held out" for f in folds)
             + (f", each at epoch {selection['epoch']}" if selection["epoch"] else "")
+            + (
+                f", each the average of epochs {selection['averaged_epochs'][0]}-{selection['averaged_epochs'][1]}"
+                if selection.get("averaged_epochs")
+                else ""
+            )
             + ")"
         ),
     )

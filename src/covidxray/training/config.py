@@ -35,6 +35,12 @@ each epoch's weights (``epochs/epoch-NNN.safetensors``) so :func:`covidxray.trai
 rebuild ``model/`` at the epoch chosen afterwards; ``select_epoch`` = N keeps epoch N (chosen on other runs'
 held-out curves, e.g. by ``covidxray run``) instead of the best on validation, and ends the run there
 (patience does not stop it before).
+
+**Weight averaging** (``average_from`` = N > 0; stochastic weight averaging, Izmailov et al. 2018, whose dense
+form SWAD, Cha et al. 2021, is a domain-generalisation method): ``model/`` holds the uniform average of the
+weights at the end of epochs N to the last one run (``torch.optim.swa_utils.AveragedModel``; batch-norm
+statistics recomputed on the training images by ``update_bn``), instead of one epoch chosen on validation or out of
+source. Every epoch's weights are kept for it (as with ``epoch_weights``) and patience does not stop the run.
 """
 
 from __future__ import annotations
@@ -124,6 +130,7 @@ class TrainConfig:
     epoch_weights: bool = False
     select_epoch: int = 0
     mixup: float = 0.0  # mixup: Beta(alpha, alpha) blends of image pairs and of their losses (0: off)
+    average_from: int = 0  # weight averaging: model/ = mean of the weights of epochs N..last (0: off)
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -173,6 +180,14 @@ class TrainConfig:
         if self.select_epoch > self.epochs:
             raise ConfigError(
                 f"select_epoch {self.select_epoch} is after the last epoch ({self.epochs}): raise --epochs"
+            )
+        if self.average_from < 0:
+            raise ConfigError(f"average_from must not be negative (0: no averaging), got {self.average_from}")
+        last = self.select_epoch or self.epochs
+        if self.average_from > last:
+            raise ConfigError(
+                f"average_from {self.average_from} is after the last epoch the run keeps ({last}): "
+                "lower --average-from or raise --epochs"
             )
         try:  # the preprocessing's own bound on the margin
             Preprocessing(lungcrop_margin=self.lungcrop_margin)

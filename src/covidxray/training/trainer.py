@@ -5,7 +5,10 @@ A run directory holds:
 - ``model/`` -- the bundle (:mod:`covidxray.bundle`) of the epoch with the best validation score (macro ROC AUC;
   the validation loss when the val split has one class only), or of epoch ``select_epoch`` when one was chosen
   beforehand (out of source), with the config, data counts and its val metrics;
-- ``epochs/epoch-NNN.safetensors`` -- every epoch's weights, with ``epoch_weights`` (for :func:`reselect_epoch`);
+  With ``average_from`` = N, the uniform average of the weights of epochs N to the last one run instead
+  (:func:`average_epoch_weights`), its val metrics measured on the averaged weights;
+- ``epochs/epoch-NNN.safetensors`` -- every epoch's weights, with ``epoch_weights`` or ``average_from`` (for
+  :func:`reselect_epoch` and :func:`average_epoch_weights`);
 - ``checkpoints/last.pt`` -- the full state to continue (:mod:`.checkpoint`), written every
   ``checkpoint_every`` steps and at every epoch end;
 - ``history.csv`` / ``history.jsonl`` -- one row per epoch (train loss/acc, val loss/acc/macro AUC/COVID
@@ -21,6 +24,7 @@ with the same numbers it would have produced uninterrupted.
 
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 import math
@@ -227,6 +231,8 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.status = "running"
+        self.averaged: tuple[int, int] | None = None  # (first, last) epoch once model/ holds their average
+        self.averaged_holdout: dict[str, Any] = {}
         if resume:
             self._restore(load_checkpoint(self.dir))
         elif ctx.is_main and checkpoint_path(self.dir).exists():
@@ -414,7 +420,7 @@ class _Run:
         value = metrics[self.monitor]
         score = -math.inf if value is None else (value if self.monitor != "val_loss" else -value)
         self.scheduler.step(score)
-        if cfg.epoch_weights:
+        if cfg.epoch_weights or cfg.average_from:
             self.save_epoch_weights()
         if cfg.select_epoch:  # the epoch was chosen beforehand: keep each epoch up to it, then stop
             improved = self.epoch + 1 <= cfg.select_epoch
@@ -441,7 +447,7 @@ class _Run:
         if self.epoch >= cfg.epochs or (cfg.select_epoch and self.epoch >= cfg.select_epoch):
             self.status = "completed"
             stop = self.epoch < cfg.epochs
-        elif cfg.patience and not cfg.select_epoch and self.bad_epochs >= cfg.patience:
+        elif cfg.patience and not (cfg.select_epoch or cfg.average_from) and self.bad_epochs >= cfg.patience:
             self.status, stop = "early_stopped", True
         elif cfg.max_minutes is not None and self.train_seconds > cfg.max_minutes * 60:
             self.status, stop = "time_budget", True
@@ -470,7 +476,57 @@ class _Run:
 
     @property
     def selected_by(self) -> str:
+        if self.averaged:
+            first, last = self.averaged
+            return f"average of epochs {first}-{last} (average_from {first})"
         return f"select_epoch {self.cfg.select_epoch}" if self.cfg.select_epoch else f"best {self.monitor}"
+
+    def average(self) -> None:
+        """``average_from``: replace ``model/`` by the average of the weights of epochs ``average_from`` to the
+        last one run, with the averaged model's validation (and held-out source's) figures. A run stopped
+        before ``average_from`` (time budget) keeps its best epoch and says so."""
+        cfg, ctx = self.cfg, self.ctx
+        first, last = cfg.average_from, len(self.history)
+        if last < first:
+            _say(
+                cfg,
+                ctx,
+                f"no weight averaging: the run stopped after epoch {last}, before average_from {first}; "
+                f"model/ keeps epoch {self.best_epoch} ({self.selected_by})",
+            )
+            return
+        bn = None
+        if has_batch_norm(
+            self.model
+        ):  # batch-norm statistics of the averaged weights, on the training images
+            split, bs = self.train_split, self.cfg.batch_size * 2
+            bn = (
+                batch_inputs(self.images, split.positions[i : i + bs], self.pre).contiguous(
+                    memory_format=CHANNELS_LAST
+                )
+                for i in range(0, len(split), bs)
+            )
+        averaged = average_epoch_weights(self.model, self.dir, first, last, bn)
+        logits, targets = predict_logits(
+            averaged, self.images, self.val_split, self.pre, ctx, cfg.batch_size * 2
+        )
+        self.best_metrics = val_metrics(logits, targets, cfg.classes)
+        if self.holdout_split is not None and len(self.holdout_split):
+            h_logits, h_targets = predict_logits(
+                averaged, self.images, self.holdout_split, self.pre, ctx, cfg.batch_size * 2
+            )
+            h = val_metrics(h_logits, h_targets, cfg.classes)
+            self.averaged_holdout = {
+                "holdout_auc_covid": h["val_auc_covid"],
+                "holdout_auc_macro": h["val_auc_macro"],
+            }
+        self.averaged, self.best_epoch = (first, last), last
+        self.save_model(averaged)
+        _say(
+            cfg,
+            ctx,
+            f"averaged the weights of epochs {first}-{last}: val AUC {_fmt(self.best_metrics['val_auc_macro'])}",
+        )
 
     def training_facts(self) -> dict[str, Any]:
         return {
@@ -480,10 +536,12 @@ class _Run:
             "epochs_run": len(self.history),
             "monitor": self.monitor,
             "selected_by": self.selected_by,
+            "averaged_epochs": list(self.averaged) if self.averaged else None,
+            **({"averaged_holdout": self.averaged_holdout} if self.averaged_holdout else {}),
             "world_size": self.ctx.world,
         }
 
-    def save_model(self) -> None:
+    def save_model(self, model: XRayNet | None = None) -> None:
         """Write the bundle next to ``model/`` and swap it in, so ``model/`` is never half written."""
         if not self.ctx.is_main:
             return
@@ -504,7 +562,7 @@ class _Run:
             },
             metrics={"val": self.best_metrics},
         )
-        _swap_bundle(self.dir, self.model.eval(), config)
+        _swap_bundle(self.dir, (model or self.model).eval(), config)
 
     def write_run_json(self) -> None:
         write_json(
@@ -517,6 +575,8 @@ class _Run:
                 "best_epoch": self.best_epoch,
                 "monitor": self.monitor,
                 "selected_by": self.selected_by,
+                "averaged_epochs": list(self.averaged) if self.averaged else None,
+                **({"averaged_holdout": self.averaged_holdout} if self.averaged_holdout else {}),
                 "best_val": self.best_metrics,
                 "bundle": "model",
                 "checkpoint": str(Path("checkpoints") / "last.pt"),
@@ -525,6 +585,8 @@ class _Run:
         )
 
     def finish(self) -> None:
+        if self.cfg.average_from and self.status != "running":
+            self.average()
         if self.ctx.is_main and (self.dir / "model").is_dir():
             update_bundle(self.dir / "model", training=self.training_facts())
         if self.ctx.is_main:
@@ -574,6 +636,45 @@ def mixup_draw(
 
 def epoch_weights_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / "epochs" / f"epoch-{epoch:03d}.safetensors"
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def average_epoch_weights(
+    model: XRayNet, run_dir: str | Path, first: int, last: int, bn_batches=None
+) -> XRayNet:
+    """A copy of ``model`` holding the uniform average (stochastic weight averaging) of the weights of epochs
+    ``first`` to ``last`` kept in ``<run_dir>/epochs`` (``torch.optim.swa_utils.AveragedModel``). A model with
+    batch norm needs ``bn_batches`` (an iterable of input batches, e.g. the training images) to recompute its
+    running statistics for the averaged weights (``update_bn``); ``model`` itself is left as it was."""
+    from safetensors.torch import load_file
+    from torch.optim.swa_utils import AveragedModel, update_bn
+
+    run = Path(run_dir)
+    if not 1 <= first <= last:
+        raise ValueError(f"averaging needs 1 <= first <= last, got epochs {first}-{last}")
+    missing = [e for e in range(first, last + 1) if not epoch_weights_path(run, e).is_file()]
+    if missing:
+        raise ResumeError(
+            f"{run}: no weights for epoch(s) {missing} to average (kept in {run / 'epochs'}); "
+            "train with --average-from or --epoch-weights to keep every epoch"
+        )
+    if has_batch_norm(model) and bn_batches is None:
+        raise ValueError(
+            f"{type(model).__name__} has batch norm: averaging its weights needs training batches to recompute "
+            "the running statistics (bn_batches)"
+        )
+    work = copy.deepcopy(model).cpu()
+    averaged = AveragedModel(work)
+    for epoch in range(first, last + 1):
+        work.load_state_dict(load_file(str(epoch_weights_path(run, epoch))))
+        averaged.update_parameters(work)
+    if bn_batches is not None and has_batch_norm(model):
+        update_bn(bn_batches, averaged)
+    # the parameters are averaged; buffers (batch-norm statistics; the seed CNNs have none) are recomputed above
+    return averaged.module.eval()
 
 
 def reselect_epoch(run_dir: str | Path, epoch: int, reason: str) -> Path:
@@ -626,6 +727,7 @@ __all__ = [
     "ResumeError",
     "architecture_kwargs",
     "build_model",
+    "average_epoch_weights",
     "epoch_weights_path",
     "reselect_epoch",
     "resume",
