@@ -1,0 +1,130 @@
+"""What a decision threshold will do at another hospital, read from the proxies this machine has (issue #12).
+
+The one measurement of a model at other hospitals is in issue #12's text: the first default model (whole image,
+commit c486c58), deciding at p(covid) >= 0.105, had sensitivity 0.92 and specificity 0.62 on ~2,000 external
+images (best threshold a posteriori: 0.83 / 0.83). This script puts the local proxies beside it, for that model
+and for the shipped one, at their deciding points and along a grid of thresholds:
+
+- in-source test sensitivity and specificity (all sources; the Radiography Database's adults alone);
+- JSRT specificity (247 adults from Japanese hospitals no training image comes from; ``runs/data/jsrt.csv``);
+- the shipped model's stored points.
+
+    .venv/bin/python benchmarks/operating_point_proxies.py [--old-commit c486c58] [--out J]
+
+The first default model's bundle is read from git (``git show COMMIT:src/covidxray/default_model/...``) into a
+temporary folder; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from covidxray.bundle import load_bundle
+from covidxray.data.manifest import read_manifest
+from covidxray.evaluation.inference import run_inference
+
+SHIPPED = Path("src/covidxray/default_model")
+FILES = ("config.json", "model.safetensors")
+# issue #12, "What was measured": the first default model at other hospitals, deciding at p(covid) >= 0.105
+EXTERNAL_OLD = {"threshold": 0.105, "sensitivity": 0.92, "specificity": 0.62, "best_balanced": 0.83}
+GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def rates(p: np.ndarray, covid: np.ndarray, t: float) -> tuple[float | None, float | None]:
+    sens = float(np.mean(p[covid] >= t)) if covid.any() else None
+    spec = float(np.mean(p[~covid] < t)) if (~covid).any() else None
+    return sens, spec
+
+
+def figures(bundle_dir: Path, test, jsrt, cache_dir: str, thresholds: list[float]) -> dict:
+    b = load_bundle(bundle_dir)
+    k = list(b.config.classes).index("covid")
+    p_test = run_inference(b, test, cache_dir, 64).probabilities[:, k]
+    p_jsrt = run_inference(b, jsrt, cache_dir, 64).probabilities[:, k]
+    covid = (test["label"].astype(str) == "covid").to_numpy()
+    radio = (test["source"].astype(str) == "radiography").to_numpy()
+    rows = []
+    for t in thresholds:
+        sens, spec = rates(p_test, covid, t)
+        r_sens, r_spec = rates(p_test[radio], covid[radio], t)
+        rows.append(
+            {
+                "threshold": round(float(t), 4),
+                "test_sensitivity": sens,
+                "test_specificity": spec,
+                "radiography_sensitivity": r_sens,
+                "radiography_adults_specificity": r_spec,
+                "jsrt_specificity": float(np.mean(p_jsrt < t)),
+            }
+        )
+    return {"bundle": str(bundle_dir), "rows": rows}
+
+
+def table(name: str, fig: dict, marks: dict[float, str]) -> str:
+    lines = [
+        f"\n{name}\n",
+        "| p(covid) >= | test sensitivity | test specificity | Radiography adults specificity | "
+        "JSRT specificity | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in fig["rows"]:
+        lines.append(
+            f"| {r['threshold']:.3f} | {r['test_sensitivity']:.2f} | {r['test_specificity']:.2f} | "
+            f"{r['radiography_adults_specificity']:.2f} | {r['jsrt_specificity']:.2f} | "
+            f"{marks.get(r['threshold'], '')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old-commit", default="c486c58", help="git commit of the first default model")
+    ap.add_argument("--manifest", type=Path, default=Path("runs/data/manifest.csv"))
+    ap.add_argument("--jsrt", type=Path, default=Path("runs/data/jsrt.csv"))
+    ap.add_argument("--cache-dir", default="runs/cache")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/operating_point_proxies.json"))
+    a = ap.parse_args()
+    df, jsrt = read_manifest(a.manifest), read_manifest(a.jsrt)
+    test = df[df["split"].astype(str) == "test"].reset_index(drop=True)
+    shipped_cfg = json.loads((SHIPPED / "config.json").read_text())
+    points = {k: float(v["threshold"]) for k, v in shipped_cfg["operating_points"].items()}
+    result = {"external_first_default_model": EXTERNAL_OLD, "shipped_points": points}
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp)
+        for f in FILES:
+            blob = subprocess.run(
+                ["git", "show", f"{a.old_commit}:{SHIPPED}/{f}"], check=True, capture_output=True
+            ).stdout
+            (old / f).write_bytes(blob)
+        result["first_default_model"] = figures(
+            old, test, jsrt, a.cache_dir, sorted({*GRID, EXTERNAL_OLD["threshold"]})
+        )
+    result["shipped_model"] = figures(SHIPPED, test, jsrt, a.cache_dir, sorted({*GRID, *points.values()}))
+    print(
+        table(
+            f"first default model ({a.old_commit}); at other hospitals (issue #12) p >= 0.105 gave sensitivity "
+            "0.92, specificity 0.62",
+            result["first_default_model"],
+            {EXTERNAL_OLD["threshold"]: "its decision; other hospitals: 0.92 / 0.62"},
+        )
+    )
+    print(
+        table(
+            "shipped model",
+            result["shipped_model"],
+            {round(v, 4): f"stored point '{k}'" for k, v in points.items()},
+        )
+    )
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
