@@ -74,16 +74,20 @@ def members_of(run: Path) -> list[Path]:
     return [(run / m).resolve() for m in json.loads(listed.read_text())]
 
 
-def predict(run: Path, df, cache_dir: str, rows=None):
-    """p(covid) of a run (an ensemble: the mean over its members) and its penultimate features (an ensemble:
-    the members' side by side)."""
-    probs, feats = [], []
+def predict(run: Path, frames: list, cache_dir: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each ``(df, rows)`` of ``frames`` (rows None: all): p(covid) of a run (an ensemble: the mean over its
+    members) and its penultimate features (an ensemble: the members' side by side). Each member's bundle is
+    loaded once for all the frames."""
+    probs: list[list] = [[] for _ in frames]
+    feats: list[list] = [[] for _ in frames]
     for member in members_of(run):
         bundle = load_bundle(member / "model")
-        res = run_inference(bundle, df, cache_dir, 64, rows)
-        probs.append(res.probabilities[:, list(bundle.config.classes).index(COVID)])
-        feats.append(res.features)
-    return np.mean(probs, axis=0), np.concatenate(feats, axis=1)
+        k = list(bundle.config.classes).index(COVID)
+        for i, (df, rows) in enumerate(frames):
+            res = run_inference(bundle, df, cache_dir, 64, rows)
+            probs[i].append(res.probabilities[:, k])
+            feats[i].append(res.features)
+    return [(np.mean(p, axis=0), np.concatenate(f, axis=1)) for p, f in zip(probs, feats, strict=True)]
 
 
 def fmt(m: dict | None) -> str:
@@ -113,12 +117,11 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         # only the rows a figure needs: held-out source + in-source val (folds), test split (all sources)
         need = (split == "test") if fold == "all" else ((src == fold) | ((src != fold) & (split == "val")))
         rows = np.flatnonzero(need)
-        p_rows, f_rows = predict(run, df, cache_dir, rows)
+        (p_rows, f_rows), (p_jsrt, _) = predict(run, [(df, rows), (jsrt, None)], cache_dir)
         p_all = np.full(len(df), np.nan)
         p_all[rows] = p_rows
         feats = np.zeros((len(df), f_rows.shape[1]), np.float32)
         feats[rows] = f_rows
-        p_jsrt, _ = predict(run, jsrt, cache_dir)
         preds[fold] = (p_all, feats, p_jsrt)
         out.setdefault(
             "config", {k: v for k, v in info["config"].items() if k not in ("out", "holdout_source")}

@@ -123,7 +123,7 @@ def test_run_with_weight_averaging_keeps_the_average_everywhere(
     args = ["run", "--root", str(root), "--out", str(out), "--model", "seed_cnn6", "--image-size", "32",
             "--epochs", "3", "--workers", "1"]  # fmt: skip
     assert main(args) == 0
-    assert "weights averaged over epochs 2-3" in capsys.readouterr().out
+    assert "each the average of epochs 2-3; operating points" in capsys.readouterr().out
     selection = json.loads((out / "loso" / "selection.json").read_text())
     assert selection["epoch"] == 0 and selection["averaged_epochs"] == [2, 3]
     assert set(selection["averaged_holdout_auc_covid"]) == {"other", "tiny"}
@@ -135,6 +135,16 @@ def test_run_with_weight_averaging_keeps_the_average_everywhere(
     for fold in ("other", "tiny"):
         run = json.loads((out / "loso" / fold / "run.json").read_text())
         assert run["averaged_epochs"] == [2, 3] and run["averaged_holdout"]["holdout_auc_covid"] is not None
+
+
+def test_averaging_text_names_each_fold_when_they_differ() -> None:
+    from covidxray.pipeline import averaging_text
+
+    assert averaging_text({"epoch": 3}) == ""  # the recipe does not average
+    same = {"averaged_epochs": [11, 20], "averaged_epochs_by_fold": {"a": [11, 20], "b": [11, 20]}}
+    assert averaging_text(same) == "each the average of epochs 11-20"
+    differ = {"averaged_epochs": None, "averaged_epochs_by_fold": {"a": [11, 20], "b": None}}
+    assert averaging_text(differ) == "a: average of epochs 11-20; b: not averaged (stopped early)"
 
 
 def test_run_reports_a_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

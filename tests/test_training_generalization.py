@@ -208,6 +208,7 @@ def test_average_from_keeps_the_mean_of_the_last_epochs_weights(manifest: Path, 
     # the averaged model's validation figures are its own, not epoch 3's
     last = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
     assert b.config.metrics["val"]["val_loss"] != pytest.approx(last["val_loss"], abs=1e-9)
+    assert b.config.training["selected_by"] == info["selected_by"]
     with pytest.raises(ConfigError, match="average_from 4 is after the last epoch"):
         TrainConfig(epochs=3, average_from=4)
     with pytest.raises(ConfigError, match="average_from must not be negative"):
@@ -231,6 +232,59 @@ def test_average_from_keeps_the_mean_of_the_last_epochs_weights(manifest: Path, 
     mean = avg_net[0](batches[0]).mean(dim=(0, 2, 3))
     assert torch.allclose(avg_net[1].running_mean, mean, atol=1e-5)  # statistics of the averaged conv
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # the model itself untouched
+
+
+def test_average_from_ignores_patience_and_records_a_skip(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation that only gets worse: patience 1 stops a plain run after epoch 2, not an averaging one; a run
+    stopped before average_from keeps its best epoch and says why; reselecting an epoch drops the average's
+    record."""
+    from covidxray.training import trainer as trainer_mod
+    from covidxray.training.trainer import reselect_epoch
+
+    real, calls = trainer_mod.val_metrics, []
+
+    def worse_each_call(logits, targets, classes):
+        m = real(logits, targets, classes)
+        calls.append(1)
+        return {**m, "val_auc_macro": 0.9 - 0.1 * len(calls)}
+
+    monkeypatch.setattr(trainer_mod, "val_metrics", worse_each_call)
+    plain = json.loads((train(_cfg(manifest, tmp_path / "p", epochs=3, patience=1)) / "run.json").read_text())
+    assert (plain["status"], plain["epochs_run"]) == ("early_stopped", 2)
+    avg_run = train(_cfg(manifest, tmp_path / "a", epochs=3, patience=1, average_from=2))
+    info = json.loads((avg_run / "run.json").read_text())
+    assert (info["status"], info["epochs_run"], info["averaged_epochs"]) == ("completed", 3, [2, 3])
+    # a time budget that ends the run after epoch 1, before average_from 2: no average, and the reason
+    short = json.loads(
+        (
+            train(_cfg(manifest, tmp_path / "s", epochs=3, average_from=2, max_minutes=1e-6)) / "run.json"
+        ).read_text()
+    )
+    assert short["status"] == "time_budget" and short["averaged_epochs"] is None
+    assert "before average_from 2" in short["averaging_skipped"]
+    reselect_epoch(avg_run, 2, "chosen afterwards")
+    training = load_bundle(avg_run / "model").config.training
+    assert training["best_epoch"] == 2 and "averaged_epochs" not in training
+
+
+def test_average_from_recomputes_batch_norm_statistics_in_a_real_run(manifest: Path, tmp_path: Path) -> None:
+    """resnet18 (batch norm): the kept model holds the averaged weights and running statistics measured for
+    them on the training images, not any epoch's."""
+    from covidxray.training.trainer import epoch_weights_path
+
+    run = train(_cfg(manifest, tmp_path / "bn", model="resnet18", init="default", epochs=2, average_from=1))
+    info = json.loads((run / "run.json").read_text())
+    assert info["averaged_epochs"] == [1, 2]
+    avg = _weights(run)
+    e1, e2 = (load_file(str(epoch_weights_path(run, e))) for e in (1, 2))
+    conv = next(k for k in avg if k.endswith("conv1.weight"))
+    assert torch.allclose(avg[conv], (e1[conv] + e2[conv]) / 2, atol=1e-6)
+    stat = next(k for k in avg if k.endswith("running_mean"))
+    assert not torch.allclose(avg[stat], e2[stat]) and not torch.allclose(
+        avg[stat], (e1[stat] + e2[stat]) / 2
+    )
 
 
 def test_selection_flags_reach_the_run(manifest: Path, tmp_path: Path) -> None:

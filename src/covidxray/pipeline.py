@@ -191,10 +191,8 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         if points is None:
             print("no leave-one-source-out fold (fewer than two sources hold COVID-19): points chosen on val")
         else:
-            kept = (
-                f"weights averaged over epochs {selection['averaged_epochs'][0]}-{selection['averaged_epochs'][1]}"
-                if selection.get("averaged_epochs")
-                else f"epoch chosen out of source: {selection['epoch']} ({selection['rule']})"
+            kept = averaging_text(selection) or (
+                f"epoch chosen out of source: {selection['epoch']} ({selection['rule']})"
             )
             print(
                 f"{kept}; operating points "
@@ -343,14 +341,18 @@ def averaged_selection(
     curves: dict[str, list[float | None]], out: Path, folds: list[str], first: int
 ) -> dict[str, Any]:
     """What replaces :func:`choose_epoch` when the recipe averages its weights (``average_from``): no epoch is
-    chosen, each model keeps the mean of the weights of epochs ``first`` to its last; the folds' per-epoch
-    held-out curves and their averaged models' held-out COVID AUC are recorded."""
+    chosen, each model keeps the mean of the weights of epochs ``first`` to its last. Records each fold's
+    averaged epochs (None: the fold stopped before ``first`` and kept its best epoch), ``averaged_epochs`` when
+    every fold averaged the same epochs, and the folds' per-epoch held-out curves and averaged models' held-out
+    COVID AUC."""
     runs = {f: json.loads((out / f / "run.json").read_text()) for f in folds}
-    lasts = {f: r.get("averaged_epochs") for f, r in runs.items()}
-    last = max((v[1] for v in lasts.values() if v), default=0)
+    by_fold = {f: r.get("averaged_epochs") for f, r in runs.items()}
+    same = {tuple(v) for v in by_fold.values() if v}
+    common = list(same.pop()) if len(same) == 1 and all(by_fold.values()) else None
     return {
         "epoch": 0,
-        "averaged_epochs": [first, last] if last else None,
+        "averaged_epochs": common,
+        "averaged_epochs_by_fold": by_fold,
         "rule": f"no epoch chosen: every model keeps the average of the weights of epochs {first} to its last "
         "(weight averaging, average_from)",
         "averaged_holdout_auc_covid": {
@@ -358,6 +360,20 @@ def averaged_selection(
         },
         "curves": {f: [None if v is None else round(float(v), 4) for v in c] for f, c in curves.items()},
     }
+
+
+def averaging_text(selection: dict[str, Any]) -> str:
+    """How the fold models' weights were kept, for the points' description and the printout ("" when the
+    recipe does not average)."""
+    if "averaged_epochs_by_fold" not in selection:
+        return ""
+    if selection.get("averaged_epochs"):
+        first, last = selection["averaged_epochs"]
+        return f"each the average of epochs {first}-{last}"
+    return "; ".join(
+        f"{f}: average of epochs {v[0]}-{v[1]}" if v else f"{f}: not averaged (stopped early)"
+        for f, v in selection["averaged_epochs_by_fold"].items()
+    )
 
 
 def loso_operating_points(
@@ -435,11 +451,7 @@ def loso_operating_points(
             "pooled out-of-source predictions of leave-one-source-out runs of the same recipe ("
             + ", ".join(f"{f} held out" for f in folds)
             + (f", each at epoch {selection['epoch']}" if selection["epoch"] else "")
-            + (
-                f", each the average of epochs {selection['averaged_epochs'][0]}-{selection['averaged_epochs'][1]}"
-                if selection.get("averaged_epochs")
-                else ""
-            )
+            + (f", {averaging_text(selection)}" if averaging_text(selection) else "")
             + ")"
         ),
     )

@@ -233,6 +233,7 @@ class _Run:
         self.status = "running"
         self.averaged: tuple[int, int] | None = None  # (first, last) epoch once model/ holds their average
         self.averaged_holdout: dict[str, Any] = {}
+        self.averaging_skipped = ""
         if resume:
             self._restore(load_checkpoint(self.dir))
         elif ctx.is_main and checkpoint_path(self.dir).exists():
@@ -400,14 +401,9 @@ class _Run:
             "seconds": round(seconds, 3),
             "images_per_s": round(seen / max(train_secs / ctx.world, 1e-9), 1),
         }
-        if self.holdout_split is not None and len(self.holdout_split):
-            # the held-out source's figures: recorded for choosing the epoch out of source afterwards (item 6 of
-            # issue #12), never used here (LR schedule, early stopping and model/ follow validation)
-            h_logits, h_targets = predict_logits(
-                self.model, self.images, self.holdout_split, self.pre, ctx, cfg.batch_size * 2
-            )
-            h = val_metrics(h_logits, h_targets, self.cfg.classes)
-            row["holdout_auc_covid"], row["holdout_auc_macro"] = h["val_auc_covid"], h["val_auc_macro"]
+        # the held-out source's figures: recorded for choosing the epoch out of source afterwards (item 6 of
+        # issue #12), never used here (LR schedule, early stopping and model/ follow validation)
+        row.update(self.holdout_figures(self.model))
         if self.adversary is not None:  # the adversary's own view: can it still tell the sources apart?
             adv_loss, adv_correct, adv_seen = sum_across(
                 ctx, [self.sums["adv_loss"], self.sums["adv_correct"], self.sums["adv_seen"]]
@@ -481,6 +477,36 @@ class _Run:
             return f"average of epochs {first}-{last} (average_from {first})"
         return f"select_epoch {self.cfg.select_epoch}" if self.cfg.select_epoch else f"best {self.monitor}"
 
+    def holdout_figures(self, model: XRayNet) -> dict[str, Any]:
+        """``model``'s COVID and macro ROC AUC on every image of the held-out source ({} without one)."""
+        if self.holdout_split is None or not len(self.holdout_split):
+            return {}
+        logits, targets = predict_logits(
+            model, self.images, self.holdout_split, self.pre, self.ctx, self.cfg.batch_size * 2
+        )
+        h = val_metrics(logits, targets, self.cfg.classes)
+        return {"holdout_auc_covid": h["val_auc_covid"], "holdout_auc_macro": h["val_auc_macro"]}
+
+    def averaging_record(self) -> dict[str, Any]:
+        """What run.json and the bundle say about weight averaging (nothing when it is off)."""
+        if not self.cfg.average_from:
+            return {}
+        d: dict[str, Any] = {"averaged_epochs": list(self.averaged) if self.averaged else None}
+        if self.averaged_holdout:
+            d["averaged_holdout"] = self.averaged_holdout
+        if self.averaging_skipped:
+            d["averaging_skipped"] = self.averaging_skipped
+        return d
+
+    def bn_batches(self) -> list[torch.Tensor]:
+        """The training images in batches, for recomputing batch-norm statistics; a last batch of one image joins
+        the one before (batch norm cannot normalise a single image, as in :func:`_num_batches`)."""
+        pos, bs = self.train_split.positions, self.cfg.batch_size * 2
+        chunks = [pos[i : i + bs] for i in range(0, len(pos), bs)]
+        if len(chunks) > 1 and len(chunks[-1]) == 1:
+            chunks[-2:] = [np.concatenate(chunks[-2:])]
+        return [batch_inputs(self.images, c, self.pre) for c in chunks]
+
     def average(self) -> None:
         """``average_from``: replace ``model/`` by the average of the weights of epochs ``average_from`` to the
         last one run, with the averaged model's validation (and held-out source's) figures. A run stopped
@@ -488,38 +514,22 @@ class _Run:
         cfg, ctx = self.cfg, self.ctx
         first, last = cfg.average_from, len(self.history)
         if last < first:
-            _say(
-                cfg,
-                ctx,
-                f"no weight averaging: the run stopped after epoch {last}, before average_from {first}; "
-                f"model/ keeps epoch {self.best_epoch} ({self.selected_by})",
+            self.averaging_skipped = (
+                f"the run stopped after epoch {last} ({self.status.replace('_', ' ')}), before average_from "
+                f"{first}: model/ keeps epoch {self.best_epoch} ({self.selected_by})"
             )
+            _say(cfg, ctx, f"no weight averaging: {self.averaging_skipped}")
             return
-        bn = None
-        if has_batch_norm(
-            self.model
-        ):  # batch-norm statistics of the averaged weights, on the training images
-            split, bs = self.train_split, self.cfg.batch_size * 2
-            bn = (
-                batch_inputs(self.images, split.positions[i : i + bs], self.pre).contiguous(
-                    memory_format=CHANNELS_LAST
-                )
-                for i in range(0, len(split), bs)
-            )
-        averaged = average_epoch_weights(self.model, self.dir, first, last, bn)
+        # every rank averages (the files are rank 0's, written before the epoch's closing broadcast: a shared
+        # disk), because predict_logits gathers over the ranks
+        bn = self.bn_batches() if has_batch_norm(self.model) else None
+        averaged = average_epoch_weights(self.model, self.dir, first, last, bn, device=ctx.device)
+        averaged = averaged.to(ctx.device, memory_format=CHANNELS_LAST)
         logits, targets = predict_logits(
             averaged, self.images, self.val_split, self.pre, ctx, cfg.batch_size * 2
         )
         self.best_metrics = val_metrics(logits, targets, cfg.classes)
-        if self.holdout_split is not None and len(self.holdout_split):
-            h_logits, h_targets = predict_logits(
-                averaged, self.images, self.holdout_split, self.pre, ctx, cfg.batch_size * 2
-            )
-            h = val_metrics(h_logits, h_targets, cfg.classes)
-            self.averaged_holdout = {
-                "holdout_auc_covid": h["val_auc_covid"],
-                "holdout_auc_macro": h["val_auc_macro"],
-            }
+        self.averaged_holdout = self.holdout_figures(averaged)
         self.averaged, self.best_epoch = (first, last), last
         self.save_model(averaged)
         _say(
@@ -536,8 +546,7 @@ class _Run:
             "epochs_run": len(self.history),
             "monitor": self.monitor,
             "selected_by": self.selected_by,
-            "averaged_epochs": list(self.averaged) if self.averaged else None,
-            **({"averaged_holdout": self.averaged_holdout} if self.averaged_holdout else {}),
+            **self.averaging_record(),
             "world_size": self.ctx.world,
         }
 
@@ -575,8 +584,7 @@ class _Run:
                 "best_epoch": self.best_epoch,
                 "monitor": self.monitor,
                 "selected_by": self.selected_by,
-                "averaged_epochs": list(self.averaged) if self.averaged else None,
-                **({"averaged_holdout": self.averaged_holdout} if self.averaged_holdout else {}),
+                **self.averaging_record(),
                 "best_val": self.best_metrics,
                 "bundle": "model",
                 "checkpoint": str(Path("checkpoints") / "last.pt"),
@@ -615,9 +623,8 @@ def train(cfg: TrainConfig, manifest_df: pd.DataFrame | None = None, resume: boo
                 run.status = "completed"
             run.finish()
             if ctx.is_main:
-                _say(
-                    cfg, ctx, f"kept epoch {run.best_epoch} ({run.selected_by}); bundle: {run.dir / 'model'}"
-                )
+                kept = run.selected_by if run.averaged else f"epoch {run.best_epoch} ({run.selected_by})"
+                _say(cfg, ctx, f"kept {kept}; bundle: {run.dir / 'model'}")
         finally:
             del run  # DDP's reducer must go before its process group, or gloo can hang at exit
             gc.collect()
@@ -643,12 +650,18 @@ def has_batch_norm(model: torch.nn.Module) -> bool:
 
 
 def average_epoch_weights(
-    model: XRayNet, run_dir: str | Path, first: int, last: int, bn_batches=None
+    model: XRayNet,
+    run_dir: str | Path,
+    first: int,
+    last: int,
+    bn_batches=None,
+    device: torch.device | str = "cpu",
 ) -> XRayNet:
     """A copy of ``model`` holding the uniform average (stochastic weight averaging) of the weights of epochs
-    ``first`` to ``last`` kept in ``<run_dir>/epochs`` (``torch.optim.swa_utils.AveragedModel``). A model with
-    batch norm needs ``bn_batches`` (an iterable of input batches, e.g. the training images) to recompute its
-    running statistics for the averaged weights (``update_bn``); ``model`` itself is left as it was."""
+    ``first`` to ``last`` kept in ``<run_dir>/epochs`` (``torch.optim.swa_utils.AveragedModel``), on ``device``.
+    A model with batch norm needs ``bn_batches`` (an iterable of input batches, e.g. the training images) to
+    recompute its running statistics for the averaged weights (``update_bn``); ``model`` itself is left as it
+    was."""
     from safetensors.torch import load_file
     from torch.optim.swa_utils import AveragedModel, update_bn
 
@@ -666,13 +679,13 @@ def average_epoch_weights(
             f"{type(model).__name__} has batch norm: averaging its weights needs training batches to recompute "
             "the running statistics (bn_batches)"
         )
-    work = copy.deepcopy(model).cpu()
+    work = copy.deepcopy(model).to(device)
     averaged = AveragedModel(work)
     for epoch in range(first, last + 1):
         work.load_state_dict(load_file(str(epoch_weights_path(run, epoch))))
         averaged.update_parameters(work)
     if bn_batches is not None and has_batch_norm(model):
-        update_bn(bn_batches, averaged)
+        update_bn(bn_batches, averaged, device=torch.device(device))
     # the parameters are averaged; buffers (batch-norm statistics; the seed CNNs have none) are recomputed above
     return averaged.module.eval()
 
@@ -697,7 +710,12 @@ def reselect_epoch(run_dir: str | Path, epoch: int, reason: str) -> Path:
     bundle.model.load_state_dict(load_file(str(path)))
     row = next((h for h in read_history(run) if int(h["epoch"]) == epoch), {})
     config = bundle.config
-    config.training = {**config.training, "best_epoch": epoch, "selected_by": reason}
+    dropped = ("averaged_epochs", "averaged_holdout", "averaging_skipped")  # one epoch now, not an average
+    config.training = {
+        **{k: v for k, v in config.training.items() if k not in dropped},
+        "best_epoch": epoch,
+        "selected_by": reason,
+    }
     config.metrics = {**config.metrics, "val": {k: v for k, v in row.items() if k.startswith("val_")}}
     config.created = ""
     return _swap_bundle(run, bundle.model.eval(), config)
