@@ -10,6 +10,11 @@ and for the shipped one, at their deciding points and along a grid of thresholds
 - the shipped model's stored points.
 
     .venv/bin/python benchmarks/operating_point_proxies.py [--old-commit c486c58] [--out J]
+        [--compare NAME=BUNDLE[+BUNDLE...] ...]
+
+``--compare`` adds models (``+`` joins an ensemble: probabilities averaged) to a second table that sets every
+model at the same test sensitivities and compares what it then does to adults it should not call COVID-19: the
+Radiography Database's (in source) and JSRT's (out of source).
 
 The first default model's bundle is read from git (``git show COMMIT:src/covidxray/default_model/...``) into a
 temporary folder; nothing is downloaded.
@@ -66,6 +71,47 @@ def figures(bundle_dir: Path, test, jsrt, cache_dir: str, thresholds: list[float
     return {"bundle": str(bundle_dir), "rows": rows}
 
 
+MATCHED = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+
+
+def covid_probabilities(bundles: list[Path], frames: list, cache_dir: str) -> list[np.ndarray]:
+    """p(covid) of one bundle or the mean of several, for each frame."""
+    out = [np.zeros(len(f)) for f in frames]
+    for path in bundles:
+        b = load_bundle(path)
+        k = list(b.config.classes).index("covid")
+        for i, f in enumerate(frames):
+            out[i] += run_inference(b, f, cache_dir, 64).probabilities[:, k] / len(bundles)
+    return out
+
+
+def matched(bundles: list[Path], test, jsrt, cache_dir: str) -> dict:
+    """At thresholds giving each test sensitivity of MATCHED: specificity on the Radiography Database's test
+    adults and on JSRT; plus test and within-Radiography COVID AUC."""
+    from covidxray.metrics import roc_auc
+
+    p_test, p_jsrt = covid_probabilities(bundles, [test, jsrt], cache_dir)
+    covid = (test["label"].astype(str) == "covid").to_numpy()
+    radio = (test["source"].astype(str) == "radiography").to_numpy()
+    rows = []
+    for target in MATCHED:
+        t = float(np.quantile(p_test[covid], 1 - target))
+        rows.append(
+            {
+                "test_sensitivity": target,
+                "threshold": t,
+                "radiography_adults_specificity": float(np.mean(p_test[radio & ~covid] < t)),
+                "jsrt_specificity": float(np.mean(p_jsrt < t)),
+            }
+        )
+    return {
+        "bundles": [str(b) for b in bundles],
+        "test_auc_covid": roc_auc(covid, p_test)[0],
+        "radiography_auc_covid": roc_auc(covid[radio], p_test[radio])[0],
+        "rows": rows,
+    }
+
+
 def table(name: str, fig: dict, marks: dict[float, str]) -> str:
     lines = [
         f"\n{name}\n",
@@ -89,6 +135,13 @@ def main() -> None:
     ap.add_argument("--jsrt", type=Path, default=Path("runs/data/jsrt.csv"))
     ap.add_argument("--cache-dir", default="runs/cache")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/operating_point_proxies.json"))
+    ap.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=BUNDLE[+BUNDLE]",
+        help="another model (or an ensemble) for the matched-sensitivity table",
+    )
     a = ap.parse_args()
     df, jsrt = read_manifest(a.manifest), read_manifest(a.jsrt)
     test = df[df["split"].astype(str) == "test"].reset_index(drop=True)
@@ -105,6 +158,11 @@ def main() -> None:
         result["first_default_model"] = figures(
             old, test, jsrt, a.cache_dir, sorted({*GRID, EXTERNAL_OLD["threshold"]})
         )
+        models = {"first default (whole image)": [old], "shipped (lung crop)": [SHIPPED]}
+        for spec in a.compare:
+            name, _, paths = spec.partition("=")
+            models[name] = [Path(x) for x in paths.split("+")]
+        result["matched_sensitivity"] = {n: matched(b, test, jsrt, a.cache_dir) for n, b in models.items()}
     result["shipped_model"] = figures(SHIPPED, test, jsrt, a.cache_dir, sorted({*GRID, *points.values()}))
     print(
         table(
@@ -120,6 +178,31 @@ def main() -> None:
             result["shipped_model"],
             {round(v, 4): f"stored point '{k}'" for k, v in points.items()},
         )
+    )
+    print(
+        "\nat the same test sensitivity: specificity on the Radiography Database's test adults (in source) / on "
+        "JSRT (out of source)\n"
+    )
+    names = list(result["matched_sensitivity"])
+    print("| test sensitivity | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for i, target in enumerate(MATCHED):
+        cells = [result["matched_sensitivity"][n]["rows"][i] for n in names]
+        print(
+            f"| {target:.2f} | "
+            + " | ".join(
+                f"{c['radiography_adults_specificity']:.2f} / {c['jsrt_specificity']:.2f}" for c in cells
+            )
+            + " |"
+        )
+    print(
+        "| COVID AUC, test / within Radiography | "
+        + " | ".join(
+            f"{result['matched_sensitivity'][n]['test_auc_covid']:.3f} / "
+            f"{result['matched_sensitivity'][n]['radiography_auc_covid']:.3f}"
+            for n in names
+        )
+        + " |"
     )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
