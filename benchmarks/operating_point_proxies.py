@@ -47,11 +47,19 @@ def rates(p: np.ndarray, covid: np.ndarray, t: float) -> tuple[float | None, flo
     return sens, spec
 
 
+def covid_probabilities(bundles: list[Path], frames: list, cache_dir: str) -> list[np.ndarray]:
+    """p(covid) of one bundle or the mean of several, for each frame."""
+    out = [np.zeros(len(f)) for f in frames]
+    for path in bundles:
+        b = load_bundle(path)
+        k = list(b.config.classes).index("covid")
+        for i, f in enumerate(frames):
+            out[i] += run_inference(b, f, cache_dir, 64).probabilities[:, k] / len(bundles)
+    return out
+
+
 def figures(bundle_dir: Path, test, jsrt, cache_dir: str, thresholds: list[float]) -> dict:
-    b = load_bundle(bundle_dir)
-    k = list(b.config.classes).index("covid")
-    p_test = run_inference(b, test, cache_dir, 64).probabilities[:, k]
-    p_jsrt = run_inference(b, jsrt, cache_dir, 64).probabilities[:, k]
+    p_test, p_jsrt = covid_probabilities([bundle_dir], [test, jsrt], cache_dir)
     covid = (test["label"].astype(str) == "covid").to_numpy()
     radio = (test["source"].astype(str) == "radiography").to_numpy()
     rows = []
@@ -72,17 +80,6 @@ def figures(bundle_dir: Path, test, jsrt, cache_dir: str, thresholds: list[float
 
 
 MATCHED = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
-
-
-def covid_probabilities(bundles: list[Path], frames: list, cache_dir: str) -> list[np.ndarray]:
-    """p(covid) of one bundle or the mean of several, for each frame."""
-    out = [np.zeros(len(f)) for f in frames]
-    for path in bundles:
-        b = load_bundle(path)
-        k = list(b.config.classes).index("covid")
-        for i, f in enumerate(frames):
-            out[i] += run_inference(b, f, cache_dir, 64).probabilities[:, k] / len(bundles)
-    return out
 
 
 def matched(bundles: list[Path], test, jsrt, cache_dir: str) -> dict:
@@ -163,6 +160,11 @@ def main() -> None:
             name, _, paths = spec.partition("=")
             models[name] = [Path(x) for x in paths.split("+")]
         result["matched_sensitivity"] = {n: matched(b, test, jsrt, a.cache_dir) for n, b in models.items()}
+        # the first default model is named by where it lives, not by the temporary folder it was read into
+        where = f"git {a.old_commit}:{SHIPPED}"
+        result["first_default_model"]["bundle"] = where
+        for m in result["matched_sensitivity"].values():
+            m["bundles"] = [where if b == str(old) else b for b in m["bundles"]]
     result["shipped_model"] = figures(SHIPPED, test, jsrt, a.cache_dir, sorted({*GRID, *points.values()}))
     print(
         table(
