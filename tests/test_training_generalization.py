@@ -319,3 +319,10 @@ def test_mixup_blends_pairs_acts_is_seeded_and_is_refused_with_an_adversary(
         TrainConfig(mixup=0.2, adversary="marginal")
     with pytest.raises(ConfigError, match="mixup is a Beta"):
         TrainConfig(mixup=-1)
+
+
+def test_compare_names_an_averaged_run_by_its_epochs() -> None:
+    from covidxray.evaluation.compare import _kept
+
+    assert _kept({"best_epoch": 7, "averaged_epochs": None}) == "7"
+    assert _kept({"best_epoch": 20, "averaged_epochs": [11, 20]}) == "average 11-20"

@@ -49,6 +49,7 @@ def run_facts(bundle: Path, metrics: dict[str, Any], images_per_second: float) -
         "train_seconds": run.get("train_seconds"),
         "epochs_run": run.get("epochs_run"),
         "best_epoch": run.get("best_epoch"),
+        "averaged_epochs": run.get("averaged_epochs"),
         "images_per_second": images_per_second,
         "probe_chance": (metrics.get("probe") or {}).get("chance"),
         "evaluated_on": {
@@ -56,6 +57,12 @@ def run_facts(bundle: Path, metrics: dict[str, Any], images_per_second: float) -
         },
         "metrics": metrics,
     }
+
+
+def _kept(r: dict) -> str:
+    """The kept epoch, or the averaged epochs of a run trained with ``average_from``."""
+    avg = r.get("averaged_epochs")
+    return f"average {avg[0]}-{avg[1]}" if avg else str(r["best_epoch"])
 
 
 def metric_rows(runs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any] | None]]]:
@@ -178,7 +185,7 @@ def comparison_report(result: dict[str, Any]) -> Report:
             "image size",
             "parameters",
             "training time",
-            "epochs (best)",
+            "epochs (kept)",
             "inference images/s",
         ],
         [
@@ -189,7 +196,7 @@ def comparison_report(result: dict[str, Any]) -> Report:
                 r["image_size"],
                 "n/a" if r["parameters"] is None else f"{r['parameters']:,}",
                 _duration(r["train_seconds"]),
-                "n/a" if r["epochs_run"] is None else f"{r['epochs_run']} ({r['best_epoch']})",
+                "n/a" if r["epochs_run"] is None else f"{r['epochs_run']} ({_kept(r)})",
                 fmt(r["images_per_second"], digits=1),
             ]
             for r in runs
