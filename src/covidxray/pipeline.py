@@ -451,7 +451,7 @@ def loso_operating_points(
             "pooled out-of-source predictions of leave-one-source-out runs of the same recipe ("
             + ", ".join(f"{f} held out" for f in folds)
             + (f", each at epoch {selection['epoch']}" if selection["epoch"] else "")
-            + (f", {averaging_text(selection)}" if averaging_text(selection) else "")
+            + (f", {averaged}" if (averaged := averaging_text(selection)) else "")
             + ")"
         ),
     )

@@ -593,7 +593,7 @@ class _Run:
         )
 
     def finish(self) -> None:
-        if self.cfg.average_from and self.status != "running":
+        if self.cfg.average_from:  # train() has set the final status by now
             self.average()
         if self.ctx.is_main and (self.dir / "model").is_dir():
             update_bundle(self.dir / "model", training=self.training_facts())
