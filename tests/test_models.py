@@ -23,6 +23,8 @@ from covidxray.models.mobilenet import MobileNetV2Backbone
 SIZE = 64
 EXPECTED = {
     "seed_cnn6",
+    "seed_cnn6_in",
+    "seed_cnn6_gap",
     "seed_cnn422k",
     "seed_cnn2",
     "densenet121",
@@ -125,6 +127,36 @@ def test_seed_cnn6_layers_follow_seed_000() -> None:
     # the seed's "64 features, each represented by a 32*32 array"
     assert model.conv(torch.zeros(1, 3, 256, 256)).shape == (1, 64, 32, 32)
     assert create_model("seed_cnn6", image_size=128).flat_features == 64 * 16 * 16
+
+
+def test_seed_cnn6_in_ignores_brightness_and_contrast_that_seed_cnn6_sees() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    darker_flatter = 0.4 * x + 0.3  # another exposure / window of the same image
+    for name, invariant in (("seed_cnn6_in", True), ("seed_cnn6", False)):
+        model = create_model(name, num_classes=3, image_size=SIZE).eval()
+        with torch.no_grad():
+            a, b = model(x), model(darker_flatter)
+        assert torch.allclose(a, b, atol=1e-4) is invariant, name
+    model = create_model("seed_cnn6_in", num_classes=3, image_size=SIZE)
+    assert layer_list(model.conv)[:4] == ["Conv2d(16)", "InstanceNorm2d", "ReLU", "Conv2d(16)"]
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in model.conv) == 4
+
+
+def test_seed_cnn6_gap_pools_away_position_and_takes_any_size() -> None:
+    torch.manual_seed(0)
+    model = create_model("seed_cnn6_gap", num_classes=3, image_size=96).eval()
+    assert model.flat_features == 64 and model.fc.dense.in_features == 64
+    assert create_model("seed_cnn6", image_size=96).flat_features == 64 * 12 * 12
+    with torch.no_grad():  # the same weights read a larger image: nothing in it is tied to a position
+        assert model(torch.rand(2, 1, 128, 128)).shape == (2, 3)
+        # a pattern moved by a multiple of the pooling stride (8 px) inside a blank frame: same output
+        x = torch.zeros(1, 1, 96, 96)
+        x[..., 16:40, 16:40] = torch.rand(24, 24)
+        moved = torch.roll(x, shifts=(32, 24), dims=(2, 3))
+        assert torch.allclose(model(x), model(moved), atol=1e-5)
+        flat = create_model("seed_cnn6", num_classes=3, image_size=96).eval()
+        assert not torch.allclose(flat(x), flat(moved), atol=1e-5)
 
 
 def test_seed_cnn422k_matches_seed_002_summary() -> None:

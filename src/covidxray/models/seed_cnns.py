@@ -80,15 +80,67 @@ def seed_cnn6(
     reachable. Then dense 64 + ReLU, dropout 0.5 and the output layer (the seed: 2 sigmoid units; here
     ``num_classes`` logits, 1 = one sigmoid logit). Cost at 128 px: ~0.15 GMAC per image forward.
     """
+    conv = _cnn6_stack(in_channels, instance_norm=0)
+    return SeedCNN("seed_cnn6", conv, in_channels, image_size, 64, num_classes, dropout=dropout)
+
+
+def _cnn6_stack(in_channels: int, instance_norm: int) -> nn.Sequential:
+    """seed_cnn6's six convolutions; the first ``instance_norm`` of them followed by an ``InstanceNorm2d``."""
     layers: list[tuple[str, nn.Module]] = []
     channels = [in_channels, 16, 16, 32, 32, 64, 64]
     for i in range(6):
-        layers.append((f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1)))
+        # replicate padding in front of instance normalisation: zero padding is not shifted with the image's
+        # brightness, so the border would carry it past the normalisation
+        pad = "replicate" if i == 0 and instance_norm else "zeros"
+        layers.append(
+            (f"conv{i + 1}", nn.Conv2d(channels[i], channels[i + 1], 3, padding=1, padding_mode=pad))
+        )
+        if i < instance_norm:
+            layers.append((f"in{i + 1}", nn.InstanceNorm2d(channels[i + 1], affine=True)))
         layers.append((f"relu{i + 1}", nn.ReLU()))
         if i % 2 == 1:
             layers.append((f"pool{i // 2 + 1}", nn.MaxPool2d(2)))
-    conv = nn.Sequential(OrderedDict(layers))
-    return SeedCNN("seed_cnn6", conv, in_channels, image_size, 64, num_classes, dropout=dropout)
+    return nn.Sequential(OrderedDict(layers))
+
+
+@register_model("seed_cnn6_in")
+def seed_cnn6_in(
+    num_classes: int = 3, in_channels: int = 1, image_size: int = 256, dropout: float = 0.5
+) -> SeedCNN:
+    """seed_cnn6 with instance normalisation after its first four convolutions (the IBN-Net idea, Pan et al.,
+    ECCV 2018: instance normalisation in the shallow layers removes each image's contrast and texture-statistics
+    "style" -- what a scanner, an exposure or an export leaves -- while the deep layers keep what is content).
+
+    Each normalised map has zero mean and unit variance per image and channel before its learned scale and
+    shift, so the whole network's output does not change when an image's brightness and contrast do
+    (``x -> a x + b``, ``a > 0``; ``tests/test_models.py`` checks it) -- for which the first convolution pads
+    by replicating the edge instead of with zeros. Otherwise seed_cnn6 layer for layer.
+    """
+    conv = _cnn6_stack(in_channels, instance_norm=4)
+    return SeedCNN("seed_cnn6_in", conv, in_channels, image_size, 64, num_classes, dropout=dropout)
+
+
+class _GlobalPool(nn.Module):
+    """Global average pooling of each map to one value, as ``(N, C, 1, 1)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=True)
+
+
+@register_model("seed_cnn6_gap")
+def seed_cnn6_gap(
+    num_classes: int = 3, in_channels: int = 1, image_size: int = 256, dropout: float = 0.5
+) -> SeedCNN:
+    """seed_cnn6 with global average pooling in place of the flatten: the dense layer sees 64 values (the
+    mean of each last feature map) instead of 64 maps position by position (9,216 values at 96 px).
+
+    The flatten lets the network learn *where* things are in the frame -- the layout of a child's chest, a
+    collection's framing, the crop box a segmenter draws on one collection's images; the pooled form only
+    *whether* a pattern occurs somewhere, and has 98 % fewer dense weights. Otherwise seed_cnn6 layer for layer.
+    """
+    conv = _cnn6_stack(in_channels, instance_norm=0)
+    conv.add_module("gap", _GlobalPool())
+    return SeedCNN("seed_cnn6_gap", conv, in_channels, image_size, 64, num_classes, dropout=dropout)
 
 
 @register_model("seed_cnn422k")
