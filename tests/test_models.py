@@ -19,12 +19,14 @@ from covidxray.models import (
     load_pretrained,
 )
 from covidxray.models.mobilenet import MobileNetV2Backbone
+from covidxray.models.seed_cnns import MixStyle
 
 SIZE = 64
 EXPECTED = {
     "seed_cnn6",
     "seed_cnn6_in",
     "seed_cnn6_gap",
+    "seed_cnn6_mixstyle",
     "seed_cnn422k",
     "seed_cnn2",
     "densenet121",
@@ -157,6 +159,32 @@ def test_seed_cnn6_gap_pools_away_position_and_takes_any_size() -> None:
         assert torch.allclose(model(x), model(moved), atol=1e-5)
         flat = create_model("seed_cnn6", num_classes=3, image_size=96).eval()
         assert not torch.allclose(flat(x), flat(moved), atol=1e-5)
+
+
+def test_mixstyle_restyles_shallow_features_in_training_only() -> None:
+    torch.manual_seed(0)
+    mix = MixStyle(p=1.0, alpha=0.1)
+    x = torch.randn(4, 8, 12, 12) * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1) + torch.arange(
+        4.0
+    ).view(4, 1, 1, 1)
+
+    def standardised(t: torch.Tensor) -> torch.Tensor:
+        return (t - t.mean(dim=(2, 3), keepdim=True)) / t.std(dim=(2, 3), keepdim=True)
+
+    mixed = mix.train()(x)
+    # the styles (channel means) move toward other images'; the content (the standardised maps) stays
+    assert not torch.allclose(mixed.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=1e-3)
+    assert torch.allclose(standardised(mixed), standardised(x), atol=1e-3)
+    assert torch.equal(mix.eval()(x), x)
+    # in the network: the same weights give seed_cnn6's output at inference
+    torch.manual_seed(1)
+    model = create_model("seed_cnn6_mixstyle", num_classes=3, image_size=SIZE)
+    torch.manual_seed(1)
+    plain = create_model("seed_cnn6", num_classes=3, image_size=SIZE)
+    assert sum(isinstance(m, MixStyle) for m in model.conv) == 2
+    xb = torch.rand(3, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(xb), plain.eval()(xb))
 
 
 def test_seed_cnn422k_matches_seed_002_summary() -> None:

@@ -15,7 +15,13 @@ from PIL import Image
 
 from covidxray.data.manifest import COLUMNS
 from covidxray.training.config import TrainConfig
-from covidxray.training.dataset import DataError, check_splits, select_split, split_counts
+from covidxray.training.dataset import (
+    DataError,
+    check_splits,
+    holdout_copies,
+    select_split,
+    split_counts,
+)
 
 LABELS = ("covid", "normal", "pneumonia")
 
@@ -85,6 +91,27 @@ def test_holdout_source_leaves_that_source_out(manifest_df: pd.DataFrame) -> Non
     assert set(train.sources) == {"a"} and set(val.sources) == {"a"}
     counts = split_counts(manifest_df, [train, val])
     assert counts["train"] == {"a": {"covid": 6, "normal": 6, "pneumonia": 6}}
+
+
+def test_holdout_source_also_leaves_out_its_copies_in_other_sources(manifest_df: pd.DataFrame) -> None:
+    # a's covid 1 (train) and a's normal 4 (val) are copies of b's images (same duplicate group), as the
+    # Radiography Database holds covid-chestxray-dataset images: held out with b, they must not train or validate
+    df = manifest_df.copy()
+    copy_of = {"a-covid-1": "b-covid-3", "a-normal-4": "b-normal-5"}
+    for a_id, b_id in copy_of.items():
+        df.loc[df["image_id"] == a_id, "dup_group"] = df.loc[df["image_id"] == b_id, "dup_group"].item()
+    copies = holdout_copies(df, "b")
+    assert sorted(df.loc[copies, "image_id"]) == sorted(copy_of)
+    cfg = TrainConfig(manifest="m", holdout_source="b")
+    train, val = select_split(df, cfg, "train"), select_split(df, cfg, "val")
+    used = set(df.iloc[np.concatenate([train.positions, val.positions])]["image_id"])
+    assert not used & set(copy_of) and len(train) == 17 and len(val) == 5
+    # the other way round: holding out a leaves out b's two copies of a's images (both in train)
+    kept_b = select_split(df, TrainConfig(manifest="m", holdout_source="a"), "train")
+    assert set(kept_b.sources) == {"b"} and len(kept_b) == 16
+    assert {"b-covid-3", "b-normal-5"}.isdisjoint(df.iloc[kept_b.positions]["image_id"])
+    # a hand-made manifest without duplicate groups: the source alone is held out
+    assert not holdout_copies(df.drop(columns="dup_group"), "b").any()
 
 
 def test_empty_train_split_and_unknown_holdout_are_refused(manifest_df: pd.DataFrame) -> None:

@@ -139,6 +139,9 @@ def test_holdout_source_is_scored_every_epoch_without_changing_training(
     manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = train(_cfg(manifest, tmp_path / "h", holdout_source="a", epochs=2, patience=0))
+    # no copies of a's images elsewhere in this manifest: recorded as none left out
+    assert json.loads((run / "run.json").read_text())["holdout_copies_excluded"] == {"train": 0, "val": 0}
+    assert load_bundle(run / "model").config.data["holdout_copies_excluded"] == {"train": 0, "val": 0}
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and "holdout_auc_covid" in (run / "history.csv").read_text().splitlines()[0]
     for r in rows:

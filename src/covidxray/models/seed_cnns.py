@@ -120,6 +120,55 @@ def seed_cnn6_in(
     return SeedCNN("seed_cnn6_in", conv, in_channels, image_size, 64, num_classes, dropout=dropout)
 
 
+class MixStyle(nn.Module):
+    """MixStyle (Zhou et al., "Domain generalization with MixStyle", ICLR 2021): during training, with
+    probability ``p`` per batch, re-style each image's feature maps with a mix of its own and another image's
+    channel statistics.
+
+    Each map is normalised by its own per-channel mean and standard deviation (the "style": exposure, contrast,
+    texture statistics a scanner or export leaves) and re-scaled with ``lam * own + (1 - lam) * other``, ``lam ~
+    Beta(alpha, alpha)``, the other image drawn from the same batch (which the balanced sampler fills from every
+    training collection). The content (the normalised maps) is untouched. An identity in eval mode, so the saved
+    model, its ONNX export and its predictions do not depend on it. Draws from torch's global generator (seeded by
+    the trainer), so a run stays reproducible.
+    """
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.alpha, self.eps = float(p), float(alpha), float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] < 2 or float(torch.rand(())) >= self.p:
+            return x
+        n = x.shape[0]
+        mu = x.mean(dim=(2, 3), keepdim=True).detach()
+        sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt().detach()
+        beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
+        lam = beta.sample((n, 1, 1, 1)).to(x.dtype)
+        perm = torch.randperm(n)
+        mu_mix = lam * mu + (1 - lam) * mu[perm]
+        sig_mix = lam * sig + (1 - lam) * sig[perm]
+        return (x - mu) / sig * sig_mix + mu_mix
+
+
+@register_model("seed_cnn6_mixstyle")
+def seed_cnn6_mixstyle(
+    num_classes: int = 3, in_channels: int = 1, image_size: int = 256, dropout: float = 0.5
+) -> SeedCNN:
+    """seed_cnn6 with :class:`MixStyle` (p 0.5, alpha 0.1, the paper's setting) after its first two pooling
+    layers -- the shallow features, where style lives. Identical to seed_cnn6 at inference (same weights, same
+    output); only what training shows the deeper layers differs."""
+    conv = _cnn6_stack(in_channels, instance_norm=0)
+    layers = OrderedDict()
+    for name, module in conv.named_children():
+        layers[name] = module
+        if name in ("pool1", "pool2"):
+            layers[f"mixstyle{name[-1]}"] = MixStyle()
+    return SeedCNN(
+        "seed_cnn6_mixstyle", nn.Sequential(layers), in_channels, image_size, 64, num_classes, dropout=dropout
+    )
+
+
 class _GlobalPool(nn.Module):
     """Global average pooling of each map to one value, as ``(N, C, 1, 1)``."""
 

@@ -49,14 +49,32 @@ def read_training_manifest(path: str | Path) -> pd.DataFrame:
 
 
 def select_split(df: pd.DataFrame, cfg: TrainConfig, split: str) -> SplitData:
-    """Rows of ``split`` that belong to the task (``cfg.classes``), minus ``cfg.holdout_source``."""
+    """Rows of ``split`` that belong to the task (``cfg.classes``), minus ``cfg.holdout_source`` and every
+    copy of its images in the other sources (:func:`holdout_copies`)."""
     missing = {"label", "split", "source", "sha1", "path"} - set(df.columns)
     if missing:
         raise DataError(f"manifest lacks column(s) {sorted(missing)}")
     keep = (df["split"].astype(str) == split).to_numpy()
     if cfg.holdout_source:
         keep = keep & (df["source"].astype(str) != cfg.holdout_source).to_numpy()
+        keep = keep & ~holdout_copies(df, cfg.holdout_source)
     return _task_rows(df, cfg, keep, split)
+
+
+def holdout_copies(df: pd.DataFrame, source: str) -> np.ndarray:
+    """Rows of *other* sources that are copies of an image of ``source``: same duplicate group
+    (``dup_group``: exact or near copies, :mod:`covidxray.data.dedup`).
+
+    The public collections copy each other (covid-chestxray-dataset images inside the Radiography Database's
+    COVID folder, Kermany's children among its normals): a model trained on one copy and scored on the other
+    is not scored out of source. A manifest without ``dup_group`` (built by hand) has no copies to find.
+    """
+    if "dup_group" not in df.columns:
+        return np.zeros(len(df), dtype=bool)
+    sources = df["source"].astype(str).to_numpy()
+    groups = df["dup_group"].astype(str).to_numpy()
+    held = set(groups[sources == source]) - {"", "nan", "<NA>", "None"}
+    return (sources != source) & np.isin(groups, list(held))
 
 
 def holdout_rows(df: pd.DataFrame, cfg: TrainConfig) -> SplitData | None:

@@ -51,6 +51,7 @@ from covidxray.training.dataset import (
     SplitData,
     batch_inputs,
     check_splits,
+    holdout_copies,
     holdout_rows,
     load_images,
     read_training_manifest,
@@ -567,11 +568,20 @@ class _Run:
                 "manifest_sha1": self.df.attrs.get("manifest_sha1"),
                 "root": root_label(self.df.attrs["root"]) if self.df.attrs.get("root") else None,
                 "holdout_source": cfg.holdout_source,
+                "holdout_copies_excluded": self.holdout_copies_excluded(),
                 "counts": split_counts(self.df, [self.train_split, self.val_split]),
             },
             metrics={"val": self.best_metrics},
         )
         _swap_bundle(self.dir, (model or self.model).eval(), config)
+
+    def holdout_copies_excluded(self) -> dict[str, int]:
+        """Train and val rows of other sources left out as copies of the held-out source's images."""
+        if not self.cfg.holdout_source:
+            return {}
+        copies = holdout_copies(self.df, self.cfg.holdout_source)
+        split = self.df["split"].astype(str).to_numpy()
+        return {name: int((copies & (split == name)).sum()) for name in ("train", "val")}
 
     def write_run_json(self) -> None:
         write_json(
@@ -586,6 +596,7 @@ class _Run:
                 "selected_by": self.selected_by,
                 **self.averaging_record(),
                 "best_val": self.best_metrics,
+                "holdout_copies_excluded": self.holdout_copies_excluded(),
                 "bundle": "model",
                 "checkpoint": str(Path("checkpoints") / "last.pt"),
                 "world_size": self.ctx.world,
