@@ -1,6 +1,7 @@
 """``covidxray crossval``: leave-one-source-out training and evaluation.
 
-For each held-out source the model is trained on the other sources (``TrainConfig(holdout_source=SOURCE)``),
+For each held-out source the model is trained on the other sources minus their copies of the held-out source's
+images (``TrainConfig(holdout_source=SOURCE)``),
 then evaluated twice with the same operating point (chosen on the in-source validation rows):
 
 - *in-source*: the test split of the sources it was trained on -- what a random split reports;

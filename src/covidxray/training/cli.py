@@ -63,7 +63,8 @@ HELP: dict[str, str] = {
     "channels": "network input channels",
     "lungcrop_margin": "resize lungcrop / lungmask: the lung fields' box widened by this share of its size on each "
     "side (0 to 0.5)",
-    "holdout_source": "leave this source out of train and val (for a cross-source test)",
+    "holdout_source": "leave this source, and its images' copies in other sources, out of train and val "
+    "(for a cross-source test)",
     "cache_dir": "image cache folder",
     "max_minutes": "stop after the epoch that exceeds this training time",
     "epoch_samples": "images drawn per epoch (0: the train split's size)",

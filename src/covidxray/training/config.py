@@ -29,7 +29,9 @@ schedule (ReduceLROnPlateau, factor 0.5) watch the same score.
 
 **Model selection out of source** (issue #12, item 6): in-source validation rewards the shortcuts a source
 leaves, so the epoch can be chosen on images of a source the run never saw instead. A run with
-``holdout_source`` scores every image of that source after each epoch (``holdout_auc_covid`` /
+``holdout_source`` trains and validates without that source and without the copies of its images that other
+sources hold (same duplicate group in the manifest; the Radiography Database holds 206 copies of
+covid-chestxray-dataset images), and scores every image of that source after each epoch (``holdout_auc_covid`` /
 ``holdout_auc_macro`` in the history; never used to choose that run's own weights). ``epoch_weights`` keeps
 each epoch's weights (``epochs/epoch-NNN.safetensors``) so :func:`covidxray.training.trainer.reselect_epoch` can
 rebuild ``model/`` at the epoch chosen afterwards; ``select_epoch`` = N keeps epoch N (chosen on other runs'
