@@ -165,6 +165,53 @@ def test_choose_epoch_takes_the_best_smoothed_mean_over_folds() -> None:
     assert choose_epoch({})["epoch"] == 0
 
 
+def test_fold_balanced_point_balances_every_fold_in_the_unit_it_is_carried_in() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from covidxray.evaluation.operating_point import choose_operating_points
+    from covidxray.pipeline import fold_balanced_point
+
+    rng = np.random.default_rng(0)
+
+    def fold(name: str, n_held: int, shift: float, n_val: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """One fold: scores on its own probability scale (``shift``), the same ranking quality in and out of
+        source for the positives, negatives of the held-out source harder than the in-source ones."""
+
+        def part(n: int, neg_mean: float) -> pd.DataFrame:
+            y = rng.random(n) < 0.4
+            z = np.where(y, rng.normal(1.0, 1.0, n), rng.normal(neg_mean, 1.0, n))
+            return pd.DataFrame(
+                {"label": np.where(y, "covid", "normal"), "p": 1 / (1 + np.exp(-(z + shift))), "fold": name}
+            )
+
+        return part(n_held, 0.0), part(n_val, -2.0)
+
+    (held_a, val_a), (held_b, val_b) = fold("a", 300, -1.5), fold("b", 3000, 1.5)
+    pool, val = pd.concat([held_a, held_b]), pd.concat([val_a, val_b])
+    point = fold_balanced_point(pool, val)
+    assert set(point["per_fold"]) == {"a", "b"} and point["per_fold"]["b"]["n_images"] == 3000
+    # each fold at its own threshold: both are near their own balance, on their own scales
+    for f in point["per_fold"].values():
+        assert (
+            abs(f["sensitivity"] - f["specificity"]) < 0.15 and min(f["sensitivity"], f["specificity"]) > 0.6
+        )
+    assert point["per_fold"]["a"]["threshold"] < 0.5 < point["per_fold"]["b"]["threshold"]
+    assert point["sensitivity"]["value"] == pytest.approx(
+        np.mean([f["sensitivity"] for f in point["per_fold"].values()])
+    )
+    assert 0 < point["in_source_sensitivity"] <= 1 and point["threshold"] == pytest.approx(
+        np.mean([f["threshold"] for f in point["per_fold"].values()])
+    )
+    # the pooled probability is set by the larger fold and leaves the smaller one far off balance
+    pooled = choose_operating_points((pool["label"] == "covid").to_numpy(), pool["p"].to_numpy())["balanced"]
+    y_a = (held_a["label"] == "covid").to_numpy()
+    sens_a = (held_a["p"].to_numpy()[y_a] >= pooled["threshold"]).mean()
+    assert sens_a < 0.3
+    # nothing to choose on: no fold with COVID-19 in its validation rows
+    assert fold_balanced_point(pool, val.assign(label="normal")) is None
+
+
 def test_carry_balanced_point_moves_only_the_balanced_threshold(tmp_path: Path, tiny_bundle: Path) -> None:
     from covidxray.data.manifest import build_manifest, read_manifest
     from covidxray.pipeline import carry_balanced_point
@@ -189,7 +236,7 @@ def test_carry_balanced_point_moves_only_the_balanced_threshold(tmp_path: Path, 
     b = out["balanced"]
     assert out["screening"] == points["screening"] and points["balanced"]["threshold"] == 0.5  # input kept
     assert b["carried"]["fold_threshold"] == 0.5 and b["carried"]["fold_threshold_ci"] == [0.4, 0.6]
-    assert b["carried"]["at_fold_threshold_on_pooled"] == {
+    assert b["carried"]["out_of_source_at_fold_point"] == {
         "sensitivity": {"value": 0.6},
         "specificity": {"value": 0.7},
     }
