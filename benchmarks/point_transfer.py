@@ -12,7 +12,11 @@ specificity), as ``benchmarks/generalization.py`` does) and carried to A:
   highest threshold that gives at least that sensitivity on *its* in-source validation rows (the point travels
   as a rank, on images each model has seen the like of) -- what ``covidxray run`` now does;
 - ``in-source specificity``: the same, matching (as closely as it can) the specificity on the in-source
-  validation rows.
+  validation rows;
+- ``balanced level``: the in-source sensitivity *level* chosen on B directly -- the level whose threshold on B's
+  in-source validation rows gives the highest min(sensitivity, specificity) on B's held-out source
+  (``covidxray.pipeline.fold_balanced_point`` on one fold) -- and A at its own threshold for that level: what
+  ``covidxray run`` does since 2026-12-03 (the point is chosen in the unit it is carried in).
 
 Each is scored by sensitivity / specificity on A's held-out source (never used to choose), and by the share of
 JSRT (adults, no COVID-19) A calls COVID-19.
@@ -29,9 +33,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from covidxray.data.manifest import read_manifest
 from covidxray.evaluation.operating_point import rates_at, threshold_for_sensitivity
+from covidxray.pipeline import fold_balanced_point
 
 FOLDS = ("cohen", "radiography")
 
@@ -75,10 +81,11 @@ def main() -> None:
         for fold in FOLDS:
             need = (src == fold) | ((src != fold) & (split == "val"))
             rows = np.flatnonzero(need)
-            p_rows, _ = gen.predict(a.gen_dir / row / fold, df, a.cache_dir, rows)
+            (p_rows, _), (p_jsrt, _) = gen.predict(
+                a.gen_dir / row / fold, [(df, rows), (jsrt, None)], a.cache_dir
+            )
             p = np.full(len(df), np.nan)
             p[rows] = p_rows
-            p_jsrt, _ = gen.predict(a.gen_dir / row / fold, jsrt, a.cache_dir)
             pred[fold] = (p, p_jsrt)
         out = {}
         for fold in FOLDS:
@@ -92,6 +99,12 @@ def main() -> None:
             if not in_b["sensitivity"] or in_b["specificity"] is None:
                 print(f"{row}/{fold}: no in-source COVID-19 reached at {t_b:.3f}: skipped")
                 continue
+            level = fold_balanced_point(
+                pd.DataFrame(
+                    {"label": np.where(y_all[held_b], "covid", "-"), "p": p_b[held_b], "fold": other}
+                ),
+                pd.DataFrame({"label": np.where(y_all[val_b], "covid", "-"), "p": p_b[val_b], "fold": other}),
+            )["in_source_sensitivity"]
             thresholds = {
                 "probability": t_b,
                 # what `covidxray run` does (covidxray.pipeline.carry_balanced_point)
@@ -101,10 +114,11 @@ def main() -> None:
                 "in-source specificity": threshold_matching(
                     y_all[val_a], p_a[val_a], in_b["specificity"], "specificity"
                 ),
+                "balanced level": threshold_for_sensitivity(y_all[val_a], p_a[val_a], level),
             }
             out[fold] = {
                 "point_from": other,
-                "other_fold_in_source": {"threshold": t_b, **in_b},
+                "other_fold_in_source": {"threshold": t_b, **in_b, "balanced_level": level},
                 "rules": {
                     k: {
                         "threshold": t,
@@ -128,7 +142,7 @@ def main() -> None:
                     f"{r['specificity']:.2f} | {m:.2f} | {r['jsrt_covid_share']:.0%} |"
                 )
     summary = {}
-    for k in ("probability", "in-source sensitivity", "in-source specificity"):
+    for k in ("probability", "in-source sensitivity", "in-source specificity", "balanced level"):
         mins = [
             min(f["rules"][k]["sensitivity"], f["rules"][k]["specificity"])
             for out in results.values()

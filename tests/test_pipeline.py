@@ -92,6 +92,13 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
     points = json.loads((out / "loso" / "points.json").read_text())
     carried = config["operating_points"]["balanced"]["carried"]
     assert carried["fold_threshold"] == points["balanced"]["threshold"]
+    # chosen fold by fold: each fold's own threshold for the level, the mean of their held-out figures
+    per_fold = points["balanced"]["per_fold"]
+    assert set(per_fold) == {"other", "tiny"} and carried["per_fold"] == per_fold
+    assert points["balanced"]["sensitivity"]["value"] == pytest.approx(
+        sum(f["sensitivity"] for f in per_fold.values()) / 2
+    )
+    assert "each fold counted once" in config["operating_points"]["balanced"]["chosen_on"]["description"]
     assert carried["in_source_sensitivity"] == points["balanced"]["in_source_sensitivity"]
     assert carried["validation"]["sensitivity"] >= carried["in_source_sensitivity"]
     assert "sensitivity" not in config["operating_points"]["balanced"]  # those were the fold threshold's

@@ -8,21 +8,24 @@ split (issue #12, item 6): each fold scores every image of the source it never s
 keeps improving while the held-out AUC stops or falls (BENCHMARKS.md, "Choosing the epoch out of source").
 
 The operating points (``screening``: COVID sensitivity 0.95; ``balanced``: highest min(sensitivity, specificity),
-which decides) are chosen on **pooled out-of-source predictions**: the recipe is trained once more per
-leave-one-source-out fold (each source with COVID-19 held out in turn), each fold model predicts every image of
-the source it never saw, and the thresholds are chosen on those predictions together -- not on the default
-model's own in-source validation split, whose threshold does not travel to another hospital (issue #12). With
-fewer than two sources holding COVID-19 there is no such fold, and ``evaluate`` chooses them on validation as
-before.
+which decides) are chosen on **out-of-source predictions**: the recipe is trained once more per
+leave-one-source-out fold (each source with COVID-19 held out in turn, without the copies of its images that the
+other collections hold), each fold model predicts every image of the source it never saw, and the thresholds are
+chosen on those predictions -- not on the default model's own in-source validation split, whose threshold does
+not travel to another hospital (issue #12). With fewer than two sources holding COVID-19 there is no such fold,
+and ``evaluate`` chooses them on validation as before. The screening point is a probability chosen on the pooled
+predictions.
 
 The balanced point is chosen on the *fold* models but decides for the *default* model, another network whose
-probabilities need not sit where theirs do. It is carried over as a rank, not as a probability
-(:func:`carry_balanced_point`): the fold models' pooled balanced threshold gives some COVID sensitivity on their
-own in-source validation rows, and the default model decides at the highest threshold that gives at least that
-sensitivity on its validation split. Between the two leave-one-source-out folds of five recipes, a point carried
-this way kept min(sensitivity, specificity) on the held-out source higher than the bare probability in all ten
-cases (BENCHMARKS.md, "Carrying the operating point to another model"; ``benchmarks/point_transfer.py``). The
-screening point stays the pooled probability.
+probabilities need not sit where theirs do. It is chosen and carried as a rank, an in-source COVID sensitivity
+(:func:`fold_balanced_point`): each fold model at its own threshold for a sensitivity level on its in-source
+validation rows, the level with the highest min(mean sensitivity, mean specificity) over the folds' held-out
+sources; the default model then decides at the highest threshold that gives at least that sensitivity on its
+validation split (:func:`carry_balanced_point`). Between the folds of five recipes, a point carried as a rank kept
+min(sensitivity, specificity) on the held-out source higher than the bare probability in all ten cases
+(BENCHMARKS.md, "Carrying the operating point to another model"); choosing the level fold by fold, instead of as
+one probability over the pooled predictions, keeps the larger fold from setting it alone (BENCHMARKS.md,
+"Leave-one-source-out without copies").
 
 Each step writes a stamp (``<out>/stamps/<step>.json``) holding a fingerprint of its inputs and its
 arguments; a step whose stamp matches and whose output exists is skipped, like make. ``--force`` reruns all.
@@ -205,9 +208,9 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     # the folds come first: they choose the epoch the default model keeps and the points it decides with
     # "points": the version of what points.json holds (2: the balanced point's in-source sensitivity, carried to
-    # the default model by carry_balanced_point; 3: that sensitivity chosen fold by fold, fold_balanced_point);
+    # the default model by carry_balanced_point; 3-4: that sensitivity chosen fold by fold, fold_balanced_point);
     # an older loso step reruns
-    steps.run("loso", {"manifest": manifest_sha1, "recipe": recipe, "points": 3}, points_file, loso)
+    steps.run("loso", {"manifest": manifest_sha1, "recipe": recipe, "points": 4}, points_file, loso)
     points = json.loads(points_file.read_text())
     selection = json.loads(selection_file.read_text()) if selection_file.is_file() else {"epoch": 0}
     points_sha1 = file_sha1(points_file)
@@ -467,6 +470,9 @@ def loso_operating_points(
         )["sensitivity"]
     else:
         chosen = dict(points["balanced"]["chosen_on"])
+        chosen["description"] = chosen["description"].replace(
+            "pooled out-of-source predictions", "out-of-source predictions, each fold counted once,", 1
+        )
         points["balanced"] = {"class": cls, **balanced, "chosen_on": chosen}
     return points, selection
 
