@@ -110,6 +110,9 @@ def test_holdout_source_also_leaves_out_its_copies_in_other_sources(manifest_df:
     kept_b = select_split(df, TrainConfig(manifest="m", holdout_source="a"), "train")
     assert set(kept_b.sources) == {"b"} and len(kept_b) == 16
     assert {"b-covid-3", "b-normal-5"}.isdisjoint(df.iloc[kept_b.positions]["image_id"])
+    # -1 is "no group", not one group shared by every row that has it
+    ungrouped = df.assign(dup_group=-1)
+    assert not holdout_copies(ungrouped, "b").any()
     # a hand-made manifest without duplicate groups: the source alone is held out
     assert not holdout_copies(df.drop(columns="dup_group"), "b").any()
 

@@ -73,7 +73,10 @@ def holdout_copies(df: pd.DataFrame, source: str) -> np.ndarray:
         return np.zeros(len(df), dtype=bool)
     sources = df["source"].astype(str).to_numpy()
     groups = df["dup_group"].astype(str).to_numpy()
-    held = set(groups[sources == source]) - {"", "nan", "<NA>", "None"}
+    # no group: empty, missing, or a negative id (manifests made by hand or by tools/jsrt_manifest.py use -1)
+    held = {
+        g for g in groups[sources == source] if g not in {"", "nan", "<NA>", "None"} and not g.startswith("-")
+    }
     return (sources != source) & np.isin(groups, list(held))
 
 
