@@ -15,7 +15,8 @@ hospital no training image comes from, no COVID-19).
 
 FOLD_RUN: a run of ``covidxray train --holdout-source S --epoch-weights`` (``runs/loso/cohen``, ...). The epoch is
 the one ``covidxray run`` would keep (:func:`covidxray.pipeline.choose_epoch` on the runs' held-out curves) unless
-``--epoch`` is given; each run is copied to a temporary folder and rebuilt there at that epoch.
+``--epoch`` is given; each run is copied to a temporary folder and rebuilt there at that epoch. ``--as-is`` keeps
+each run's ``model/`` instead (a weight average from ``benchmarks/weight_averaging.py --nested-out``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--epoch", type=int, default=0)
+    ap.add_argument(
+        "--as-is",
+        action="store_true",
+        help="use each run's model/ as it is (e.g. a weight average written by weight_averaging.py --nested-out)",
+    )
     ap.add_argument("--manifest", type=Path, default=Path("runs/data/manifest.csv"))
     ap.add_argument("--jsrt", type=Path, default=Path("runs/data/jsrt.csv"))
     ap.add_argument("--cache-dir", default="runs/cache")
@@ -56,13 +62,14 @@ def main() -> None:
         cfg = json.loads((run / "run.json").read_text())["config"]
         folds[cfg["holdout_source"]] = run
     curves = {f: [h.get("holdout_auc_covid") for h in read_history(r)] for f, r in folds.items()}
-    epoch = a.epoch or choose_epoch(curves)["epoch"]
+    epoch = "as is" if a.as_is else a.epoch or choose_epoch(curves)["epoch"]
     held, val, p_jsrt = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for fold, run in folds.items():
             copy = Path(tmp) / fold
             shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints"))
-            reselect_epoch(copy, epoch, f"balanced_level.py: epoch {epoch}")
+            if not a.as_is:
+                reselect_epoch(copy, epoch, f"balanced_level.py: epoch {epoch}")
             bundle = load_bundle(copy / "model")
             k = list(bundle.config.classes).index(COVID)
             for rows, parts in (

@@ -70,6 +70,8 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
         "1",
         "--workers",
         "1",
+        "--average-from",
+        "0",  # the epoch-choosing form (the recipe's own averaging has its test below)
     ]
     assert main(args) == 0
     text = capsys.readouterr().out
@@ -119,16 +121,17 @@ def test_run_builds_trains_evaluates_then_skips(tmp_path: Path, capsys: pytest.C
 
 
 def test_run_with_weight_averaging_keeps_the_average_everywhere(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A recipe with ``average_from``: no epoch is chosen; the folds (for the points) and the default model keep
-    the average of the weights of epochs 2 to the last, and the record says so."""
+    """The recipe averages its weights (``average_from``, the default's 11; ``--average-from`` here 2): no epoch
+    is chosen; the folds (for the points) and the default model keep the average of the weights of epochs 2 to
+    the last, and the record says so."""
     from covidxray import pipeline
 
-    monkeypatch.setitem(pipeline.DEFAULT_RECIPE, "average_from", 2)
+    assert pipeline.DEFAULT_RECIPE["average_from"] == 11
     root, out = _tree(tmp_path / "data", per_class=6), tmp_path / "runs"
     args = ["run", "--root", str(root), "--out", str(out), "--model", "seed_cnn6", "--image-size", "32",
-            "--epochs", "3", "--workers", "1"]  # fmt: skip
+            "--epochs", "3", "--workers", "1", "--average-from", "2"]  # fmt: skip
     assert main(args) == 0
     assert "each the average of epochs 2-3; operating points" in capsys.readouterr().out
     selection = json.loads((out / "loso" / "selection.json").read_text())
