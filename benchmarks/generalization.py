@@ -9,7 +9,9 @@ probabilities averaged, features side by side):
 - out-of-source COVID ROC AUC per fold (every image of the held-out source; 95 % patient-bootstrap interval);
 - sensitivity / specificity on the held-out source at operating points chosen **without** that source: on the
   other fold's out-of-source predictions (``travel``: highest min(sensitivity, specificity) there), and, for
-  contrast, on the fold's own in-source validation rows at sensitivity 0.95 (the old rule, ``in-source``);
+  contrast, on the fold's own in-source validation rows at sensitivity 0.95 (the old rule, ``in-source``); and
+  the rule ``covidxray run`` decides with (``travel_level``): the other fold chooses an in-source sensitivity
+  level (:func:`covidxray.pipeline.fold_balanced_point`), this fold model decides at its own threshold for it;
 - from ``all/``: test COVID AUC within the Radiography Database only and within covid-chestxray-dataset only,
   and the source-shortcut probe (balanced accuracy of a logistic regression predicting the source from the
   penultimate features, test split, 5-fold by patient);
@@ -33,6 +35,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from covidxray.bundle import load_bundle
 from covidxray.data.manifest import read_manifest
@@ -40,6 +43,7 @@ from covidxray.evaluation.bootstrap import patient_bootstrap, weighted_roc_auc
 from covidxray.evaluation.inference import run_inference
 from covidxray.evaluation.operating_point import rates_at, threshold_for_sensitivity
 from covidxray.evaluation.probe import source_probe
+from covidxray.pipeline import fold_balanced_point
 
 FOLDS = ("cohen", "radiography")
 COVID = "covid"
@@ -145,6 +149,23 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
             t = balanced_threshold(y_o, p_o)
             f["travel"] = {"threshold": t, **rates_at(is_covid[held], p_all[held], t)}
             f["jsrt_covid_share"] = float(np.mean(p_jsrt >= t))
+            # the rule `covidxray run` decides with (fold_balanced_point): the other fold(s) choose an in-source
+            # sensitivity level; this fold model decides at its own threshold for that level
+            pool_o, val_o = [], []
+            for o in others:
+                for mask, parts in ((src == o, pool_o), ((src != o) & (split == "val"), val_o)):
+                    parts.append(pd.DataFrame({"label": df["label"].astype(str).to_numpy()[mask],
+                                               "p": preds[o][0][mask], "fold": o}))  # fmt: skip
+            chosen = fold_balanced_point(pd.concat(pool_o), pd.concat(val_o), COVID)
+            if chosen is not None:
+                level = chosen["in_source_sensitivity"]
+                t_l = threshold_for_sensitivity(is_covid[val], p_all[val], level)
+                f["travel_level"] = {
+                    "level": level,
+                    "threshold": t_l,
+                    **rates_at(is_covid[held], p_all[held], t_l),
+                    "jsrt_covid_share": float(np.mean(p_jsrt >= t_l)),
+                }
         out["folds"][fold] = f
     # pooled out-of-source predictions of both folds -> the operating points a bundle of this row would store
     if all(f in preds for f in FOLDS):
@@ -209,6 +230,10 @@ def _rates(d: dict | None) -> str:
     return "n/a" if not d else f"{d['sensitivity']:.2f} / {d['specificity']:.2f}"
 
 
+def _level(d: dict | None) -> str:
+    return "n/a" if not d else f"{d['level']:.2f}: {_rates(d)}, {_share(d['jsrt_covid_share'])}"
+
+
 def _share(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.0%}"
 
@@ -224,6 +249,8 @@ def table(rows: list[dict]) -> str:
         "sens / spec on held-out radiography (point from the other fold)",
         "same at the in-source sens-0.95 point (cohen; radiography)",
         "JSRT called COVID (fold models)",
+        "sens / spec, JSRT called COVID, at the in-source sensitivity level chosen on the other fold (cohen; "
+        "radiography)",
         "COVID AUC within Radiography / within cohen (all sources)",
         "probe (all sources)",
         "JSRT called COVID (all sources, pooled balanced point)",
@@ -242,6 +269,7 @@ def table(rows: list[dict]) -> str:
             _rates(f.get("radiography", {}).get("travel")),
             f"{_rates(f.get('cohen', {}).get('in_source'))}; {_rates(f.get('radiography', {}).get('in_source'))}",
             "; ".join(_share(f.get(k, {}).get("jsrt_covid_share")) for k in FOLDS),
+            "; ".join(_level(f.get(k, {}).get("travel_level")) for k in FOLDS),
             f"{fmt(a.get('auc_within_radiography'))} / {fmt(a.get('auc_within_cohen'))}" if a else "not run",
             f"{a['probe']:.3f}" if a.get("probe") is not None else "not run",
             _share(a.get("jsrt_covid_share_balanced")),

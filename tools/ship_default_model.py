@@ -7,12 +7,16 @@ Steps: fit the input guard on the training split if the bundle has none (``covid
 the operating point and guard in its metadata (``covidxray export``), copy ``model.safetensors``,
 ``config.json`` and ``model.onnx`` into ``src/covidxray/default_model/``, and write ``MODEL_CARD.md``: every
 figure in it is read from ``RUN/evaluation/metrics.json`` (``covidxray evaluate``) and the cross-validation JSON.
+What cannot be read from a file (why this recipe, what else was measured) is kept in ``docs/model_card_notes.md``
+(``--notes``): its ``<!-- out-of-source -->`` block goes after the leave-one-source-out table, its
+``<!-- limitations -->`` block after the first limitation, so re-shipping never loses them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,12 @@ def operating_points_markdown(ops: dict[str, Any]) -> list[str]:
 def _selection_words(training: dict[str, Any]) -> str:
     """How the kept epoch was chosen, in words (bundles before ``selected_by`` chose on validation)."""
     how = str(training.get("selected_by") or "best val_auc_macro")
+    if how.startswith("average of epochs"):
+        return (
+            "no single epoch: the mean of the weights of epochs "
+            + "-".join(str(e) for e in training.get("averaged_epochs") or [])
+            + " (`average_from`, stochastic weight averaging), as in every leave-one-source-out fold of the recipe"
+        )
     if how.startswith("select_epoch"):
         return (
             "chosen out of source: the epoch with the highest mean held-out COVID AUC of the leave-one-source-out "
@@ -60,6 +70,16 @@ def _selection_words(training: dict[str, Any]) -> str:
 
 def _nested_words(folds: dict[str, Any]) -> str:
     """How the fold models of the table were chosen, when it was not on validation."""
+    averaged = {
+        n: f for n, f in folds.items() if str(f.get("selected_by") or "").startswith("average of epochs")
+    }
+    if averaged and len(averaged) == len(folds):
+        spans = {n: re.search(r"epochs (\d+-\d+)", str(f.get("selected_by"))) for n, f in averaged.items()}
+        which = ", ".join(f"{n} held out: epochs {m.group(1) if m else '?'}" for n, m in spans.items())
+        return (
+            f" Each fold model keeps the average of its last epochs' weights, as the shipped model does ({which}): "
+            "no epoch or model was chosen on the images it is scored on."
+        )
     picks = {n: f for n, f in folds.items() if str(f.get("selected_by") or "").startswith("select_epoch")}
     if not picks:
         return ""
@@ -115,7 +135,8 @@ def model_card(
         f"{training.get('optimizer')}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, "
         f"sampler `{training.get('sampler')}` "
         f"(every label equally likely; within a label sources weighted by the square root of their size); kept "
-        f"epoch {training.get('best_epoch')}, {_selection_words(training)}. Recipe: `covidxray run` "
+        f"{'weights' if training.get('averaged_epochs') else 'epoch ' + str(training.get('best_epoch'))}, "
+        f"{_selection_words(training)}. Recipe: `covidxray run` "
         "(`covidxray.pipeline.DEFAULT_RECIPE`).",
         f"- Files: `src/covidxray/default_model/` = `model.safetensors` + `config.json` (covidxray bundle format "
         f"{config.get('format_version')}) + `model.onnx` (opset {onnx_facts.get('opset', '?')}, ONNX Runtime "
@@ -207,18 +228,27 @@ def model_card(
             "## Out of source: this recipe's leave-one-source-out folds",
             "",
             "The same recipe trained by `covidxray run` once per source with COVID-19 held out (the folds its "
-            "epoch and operating points were chosen on), scored on every image of the source it never saw "
+            "operating points, and its epoch when one is chosen, were chosen on), scored on every image of the source it never saw "
             f'(`benchmarks/generalization.py {g.get("row", "")}`; BENCHMARKS.md, "Generalization ablation"). '
             "This, not the test split above, is what to expect at another hospital." + _nested_words(folds),
             "",
             "| held-out source | COVID ROC AUC out of source | sensitivity / specificity there at the "
-            "threshold chosen on the other fold | JSRT adults (no COVID-19) called COVID-19 by the fold model |",
+            "point chosen on the other fold | JSRT adults (no COVID-19) called COVID-19 by the fold model there |",
             "|---|---|---|---|",
         ]
+        level_rule = all(f.get("travel_level") for f in folds.values())
+        if level_rule:  # the rule `covidxray run` decides with; older rows only have the probability rule
+            lines[-2] = lines[-2].replace(
+                "the point chosen on the other fold",
+                "the in-source COVID sensitivity level chosen on the other fold (each fold model at its own "
+                "threshold for it, as `covidxray run` chooses the deciding point)",
+            )
         for name, f in folds.items():
-            t = f.get("travel") or {}
+            t = (f.get("travel_level") if level_rule else f.get("travel")) or {}
             rates = f"{t['sensitivity']:.2f} / {t['specificity']:.2f}" if t else "n/a"
-            jsrt = f.get("jsrt_covid_share")
+            if level_rule:
+                rates += f" (level {t['level']:.2f})"
+            jsrt = t.get("jsrt_covid_share") if level_rule else f.get("jsrt_covid_share")
             lines.append(
                 f"| {name} | {ci(f.get('auc_out'))} | {rates} | {'n/a' if jsrt is None else f'{jsrt:.0%}'} |"
             )
@@ -261,6 +291,44 @@ def model_card(
     return "\n".join(lines)
 
 
+def note_blocks(text: str) -> dict[str, str]:
+    """The blocks of a notes file: ``<!-- name -->`` on a line of its own starts block ``name``."""
+    blocks: dict[str, list[str]] = {}
+    name = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("<!--") and stripped.endswith("-->"):
+            name = stripped[4:-3].strip()
+            blocks[name] = []
+        elif name is not None:
+            blocks[name].append(line)
+    return {k: "\n".join(v).strip() for k, v in blocks.items()}
+
+
+def insert_notes(card: str, notes: Path | None) -> str:
+    """``card`` with the notes' ``out-of-source`` block after the leave-one-source-out section's last paragraph
+    and its ``limitations`` block after the first limitation (unknown block names are refused)."""
+    if notes is None or not notes.is_file():
+        return card
+    blocks = note_blocks(notes.read_text())
+    unknown = set(blocks) - {"out-of-source", "limitations"}
+    if unknown:
+        raise SystemExit(f"{notes}: unknown block(s) {sorted(unknown)}; use out-of-source and limitations")
+    if blocks.get("out-of-source"):
+        anchor = "## Intended use"
+        if anchor not in card:
+            raise SystemExit(
+                f"{notes}: the card has no '{anchor}' section to put the out-of-source notes before"
+            )
+        card = card.replace(anchor, blocks["out-of-source"] + "\n\n" + anchor, 1)
+    if blocks.get("limitations"):
+        head = card.index("## Limitations")
+        first = card.index("\n- ", head)
+        end = card.index("\n- ", first + 1)
+        card = card[:end] + "\n" + blocks["limitations"] + card[end:]
+    return card
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="run folder with model/ and evaluation/metrics.json")
@@ -271,6 +339,12 @@ def main() -> None:
         "--generalization",
         metavar="ROW",
         help="row of benchmarks/results/generalization.json holding this recipe's leave-one-source-out folds",
+    )
+    ap.add_argument(
+        "--notes",
+        type=Path,
+        default=REPO / "docs" / "model_card_notes.md",
+        help="hand-written blocks of the card (<!-- out-of-source -->, <!-- limitations -->)",
     )
     args = ap.parse_args()
 
@@ -303,7 +377,7 @@ def main() -> None:
     gen = None
     if args.generalization:
         gen = json.loads((REPO / "benchmarks/results/generalization.json").read_text())[args.generalization]
-    card = model_card(args.run, metrics, config, crossval, credits, facts, gen)
+    card = insert_notes(model_card(args.run, metrics, config, crossval, credits, facts, gen), args.notes)
     seg_config = REPO / "src" / "covidxray" / "default_segmenter" / "config.json"
     if seg_config.is_file():  # the shipped lung segmenter's section (tools/ship_segmenter.py)
         from ship_segmenter import replace_section, segmenter_section
