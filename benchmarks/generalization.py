@@ -105,7 +105,8 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
     out: dict = {"row": row_dir.name, "folds": {}}
     src = df["source"].astype(str).to_numpy()
     split = df["split"].astype(str).to_numpy()
-    is_covid = (df["label"].astype(str) == COVID).to_numpy()
+    labels = df["label"].astype(str).to_numpy()
+    is_covid = labels == COVID
     pid = df["patient_id"].astype(str).to_numpy()
     preds = {}
     seconds = {}
@@ -138,6 +139,7 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         f = {"auc_out": auc_ci(is_covid[held], p_all[held], pid[held])}
         training = load_bundle(members[fold][0] / "model").config.training
         f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
+        f["averaged_epochs"] = training.get("averaged_epochs")
         # in-source validation rows, sensitivity 0.95 (the rule the bundles used so far)
         val = (~held) & (split == "val")
         t_in = threshold_for_sensitivity(is_covid[val], p_all[val], 0.95)
@@ -154,8 +156,7 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
             pool_o, val_o = [], []
             for o in others:
                 for mask, parts in ((src == o, pool_o), ((src != o) & (split == "val"), val_o)):
-                    parts.append(pd.DataFrame({"label": df["label"].astype(str).to_numpy()[mask],
-                                               "p": preds[o][0][mask], "fold": o}))  # fmt: skip
+                    parts.append(pd.DataFrame({"label": labels[mask], "p": preds[o][0][mask], "fold": o}))
             chosen = fold_balanced_point(pd.concat(pool_o), pd.concat(val_o), COVID)
             if chosen is not None:
                 level = chosen["in_source_sensitivity"]

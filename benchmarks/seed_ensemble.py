@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +28,11 @@ from covidxray.metrics import roc_auc
 from covidxray.training.trainer import epoch_weights_path
 
 
-def held_out_probabilities(run: Path, epoch: int, df, rows, cache_dir: str, store: Path) -> np.ndarray:
-    """p(covid) of ``run``'s weights at ``epoch`` on ``rows`` (cached by run, epoch and weights)."""
+def held_out_probabilities(
+    run: Path, epoch: int, df, rows, cache_dir: str, store: Path, bundles: dict[Path, Any]
+) -> np.ndarray:
+    """p(covid) of ``run``'s weights at ``epoch`` on ``rows`` (cached by the weights' sha1; ``bundles`` keeps each
+    run's bundle loaded once, its weights swapped per epoch)."""
     from safetensors.torch import load_file
 
     path = epoch_weights_path(run, epoch)
@@ -36,7 +40,9 @@ def held_out_probabilities(run: Path, epoch: int, df, rows, cache_dir: str, stor
     cached = store / f"{key}.npy"
     if cached.is_file():
         return np.load(cached)
-    bundle = load_bundle(run / "model")
+    if run not in bundles:
+        bundles[run] = load_bundle(run / "model")
+    bundle = bundles[run]
     bundle.model.load_state_dict(load_file(str(path)))
     bundle.model.eval()
     res = run_inference(bundle, df, cache_dir, 64, rows)
@@ -65,6 +71,7 @@ def main() -> None:
         if not fold:
             raise SystemExit(f"{run}: not a leave-one-source-out run (no holdout_source in its run.json)")
         folds.setdefault(fold, []).append(run)
+    bundles: dict[Path, Any] = {}
     result: dict = {"runs": [str(r) for r in a.runs], "epochs": [first, last], "folds": {}}
     print(
         "| held-out source | epoch | "
@@ -77,7 +84,7 @@ def main() -> None:
         y = df["label"].astype(str).to_numpy()[rows] == "covid"
         per_epoch = {}
         for e in range(first, last + 1):
-            ps = [held_out_probabilities(r, e, df, rows, a.cache_dir, a.store) for r in runs]
+            ps = [held_out_probabilities(r, e, df, rows, a.cache_dir, a.store, bundles) for r in runs]
             single = [roc_auc(y, p, "covid")[0] for p in ps]
             ens = roc_auc(y, np.mean(ps, axis=0), "covid")[0]
             per_epoch[e] = {"single": single, "ensemble": ens}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -54,11 +53,11 @@ def operating_points_markdown(ops: dict[str, Any]) -> list[str]:
 def _selection_words(training: dict[str, Any]) -> str:
     """How the kept epoch was chosen, in words (bundles before ``selected_by`` chose on validation)."""
     how = str(training.get("selected_by") or "best val_auc_macro")
-    if how.startswith("average of epochs"):
+    if training.get("averaged_epochs"):
+        first, last = training["averaged_epochs"]
         return (
-            "no single epoch: the mean of the weights of epochs "
-            + "-".join(str(e) for e in training.get("averaged_epochs") or [])
-            + " (`average_from`, stochastic weight averaging), as in every leave-one-source-out fold of the recipe"
+            f"no single epoch: the mean of the weights of epochs {first}-{last} (`average_from`, stochastic weight "
+            "averaging), as in every leave-one-source-out fold of the recipe"
         )
     if how.startswith("select_epoch"):
         return (
@@ -70,12 +69,11 @@ def _selection_words(training: dict[str, Any]) -> str:
 
 def _nested_words(folds: dict[str, Any]) -> str:
     """How the fold models of the table were chosen, when it was not on validation."""
-    averaged = {
-        n: f for n, f in folds.items() if str(f.get("selected_by") or "").startswith("average of epochs")
-    }
-    if averaged and len(averaged) == len(folds):
-        spans = {n: re.search(r"epochs (\d+-\d+)", str(f.get("selected_by"))) for n, f in averaged.items()}
-        which = ", ".join(f"{n} held out: epochs {m.group(1) if m else '?'}" for n, m in spans.items())
+    if folds and all(f.get("averaged_epochs") for f in folds.values()):
+        which = ", ".join(
+            f"{n} held out: epochs {f['averaged_epochs'][0]}-{f['averaged_epochs'][1]}"
+            for n, f in folds.items()
+        )
         return (
             f" Each fold model keeps the average of its last epochs' weights, as the shipped model does ({which}): "
             "no epoch or model was chosen on the images it is scored on."
@@ -224,6 +222,14 @@ def model_card(
         lines.append("")
     if generalization:
         g, folds = generalization, generalization.get("folds", {})
+        # the rule `covidxray run` decides with (travel_level); older rows only have the probability rule
+        level_rule = bool(folds) and all(f.get("travel_level") for f in folds.values())
+        point = (
+            "in-source COVID sensitivity level chosen on the other fold (each fold model at its own threshold for "
+            "it, as `covidxray run` chooses the deciding point)"
+            if level_rule
+            else "threshold chosen on the other fold"
+        )
         lines += [
             "## Out of source: this recipe's leave-one-source-out folds",
             "",
@@ -233,16 +239,10 @@ def model_card(
             "This, not the test split above, is what to expect at another hospital." + _nested_words(folds),
             "",
             "| held-out source | COVID ROC AUC out of source | sensitivity / specificity there at the "
-            "point chosen on the other fold | JSRT adults (no COVID-19) called COVID-19 by the fold model there |",
+            + point
+            + " | JSRT adults (no COVID-19) called COVID-19 by the fold model there |",
             "|---|---|---|---|",
         ]
-        level_rule = all(f.get("travel_level") for f in folds.values())
-        if level_rule:  # the rule `covidxray run` decides with; older rows only have the probability rule
-            lines[-2] = lines[-2].replace(
-                "the point chosen on the other fold",
-                "the in-source COVID sensitivity level chosen on the other fold (each fold model at its own "
-                "threshold for it, as `covidxray run` chooses the deciding point)",
-            )
         for name, f in folds.items():
             t = (f.get("travel_level") if level_rule else f.get("travel")) or {}
             rates = f"{t['sensitivity']:.2f} / {t['specificity']:.2f}" if t else "n/a"
