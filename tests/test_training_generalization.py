@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -329,3 +330,26 @@ def test_compare_names_an_averaged_run_by_its_epochs() -> None:
 
     assert _kept({"best_epoch": 7, "averaged_epochs": None}) == "7"
     assert _kept({"best_epoch": 20, "averaged_epochs": [11, 20]}) == "average 11-20"
+
+
+def test_source_power_sets_each_sources_share_within_a_label_and_acts(manifest: Path, tmp_path: Path) -> None:
+    from covidxray.training.sampler import balanced_weights
+
+    labels = np.array([0] * 90 + [0] * 10 + [1] * 20)
+    sources = np.array(["a"] * 90 + ["b"] * 10 + ["a"] * 20)
+    equal, prop = balanced_weights(labels, sources, 0.0), balanced_weights(labels, sources, 1.0)
+    assert equal[:90].sum() == pytest.approx(0.25) and equal[90:100].sum() == pytest.approx(0.25)
+    assert prop[:90].sum() == pytest.approx(0.45) and prop[90:100].sum() == pytest.approx(0.05)
+    assert np.array_equal(balanced_weights(labels, sources, 0.5), balanced_weights(labels, sources))
+    # a manifest whose sources differ in size within every label: the power changes the draws and the weights
+    df = pd.read_csv(manifest)
+    df = df[~((df.source == "b") & (df.split == "train") & (df.image_id.str[-1].astype(int) > 3))]
+    uneven = manifest.parent / "uneven.csv"
+    df.to_csv(uneven, index=False)
+    a = train(_cfg(uneven, tmp_path / "a", source_power=0.0))
+    b = train(_cfg(uneven, tmp_path / "b"))
+    wa, wb = _weights(a), _weights(b)
+    assert not torch.equal(wa["net.conv.conv1.weight"], wb["net.conv.conv1.weight"])
+    assert json.loads((a / "run.json").read_text())["config"]["source_power"] == 0.0
+    with pytest.raises(ConfigError, match="source_power must lie in"):
+        TrainConfig(source_power=1.5)

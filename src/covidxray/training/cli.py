@@ -77,6 +77,8 @@ HELP: dict[str, str] = {
     "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); 0: off",
     "epoch_weights": "also keep every epoch's weights (epochs/epoch-NNN.safetensors), so the epoch can be chosen "
     "afterwards on out-of-source figures (covidxray.training.trainer.reselect_epoch)",
+    "source_power": "balanced sampler: within a label, each source is drawn in proportion to its image count to "
+    "this power (0: every source equally, 0.5: square root, 1: every image equally)",
     "mixup": "mixup alpha: train on Beta(alpha, alpha) blends of image pairs, the loss blended alike (0: off)",
     "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
     "instead of the best on in-source validation, and stop after it (0: best on validation)",

@@ -103,6 +103,7 @@ class TrainConfig:
     augment: str = "light"
     class_weights: str = "auto"
     sampler: str = "balanced"
+    source_power: float = 0.5  # balanced sampler: a source's share within a label ~ its image count ** this
     seed: int = 0
     workers: int = 0
     weights: str | None = None
@@ -169,6 +170,11 @@ class TrainConfig:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
         if not 0 <= self.acquisition <= 1:
             raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
+        if not 0.0 <= float(self.source_power) <= 1.0:
+            raise ConfigError(
+                f"source_power must lie in [0, 1] (0: every source of a label equally often, 0.5: square root "
+                f"of its image count, 1: in proportion to it), got {self.source_power}"
+            )
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
         if self.mixup and self.adversary != "none":

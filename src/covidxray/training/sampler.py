@@ -10,14 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def balanced_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+def balanced_weights(labels: np.ndarray, sources: np.ndarray, power: float = 0.5) -> np.ndarray:
     """Per-row sampling probabilities: every label equally likely; within a label, each source's share is
-    proportional to the square root of its image count.
+    proportional to its image count raised to ``power`` (0.5 by default: the square root).
 
     Equal shares per source would draw a source's handful of images (e.g. 15 cohen normals beside 1,000+
     Kermany and Radiography normals) hundreds of times an epoch; proportional shares would let the largest
     source (Kermany's children) stand for a whole label. The square root sits between: no source dominates a
-    label and none is memorised.
+    label and none is memorised. ``power`` 0 gives every source of a label the same share (a small adult
+    source then stands for half a label beside Kermany's children); 1 gives every row the same chance within
+    its label.
     """
     labels, sources = np.asarray(labels), np.asarray(sources)
     weights = np.zeros(len(labels), dtype=np.float64)
@@ -25,7 +27,9 @@ def balanced_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
     for lab in uniq:
         in_label = labels == lab
         srcs, counts = np.unique(sources[in_label], return_counts=True)
-        shares = np.sqrt(counts) / np.sqrt(counts).sum()
+        # np.sqrt for the default keeps the draws of every run made before ``power`` existed bit for bit
+        shares = np.sqrt(counts) if power == 0.5 else counts.astype(np.float64) ** float(power)
+        shares = shares / shares.sum()
         for src, share, count in zip(srcs, shares, counts, strict=True):
             weights[in_label & (sources == src)] = share / (len(uniq) * count)
     return weights / weights.sum()

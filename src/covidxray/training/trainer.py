@@ -202,7 +202,7 @@ class _Run:
         check_splits(df, cfg, self.train_split, self.val_split)
         self.holdout_split = holdout_rows(df, cfg)
         self.sample_p = (
-            balanced_weights(self.train_split.targets, self.train_split.sources)
+            balanced_weights(self.train_split.targets, self.train_split.sources, cfg.source_power)
             if cfg.sampler == "balanced"
             else None
         )
