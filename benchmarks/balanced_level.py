@@ -71,16 +71,15 @@ def main() -> None:
             if not a.as_is:
                 reselect_epoch(copy, epoch, f"balanced_level.py: epoch {epoch}")
             bundle = load_bundle(copy / "model")
-            k = list(bundle.config.classes).index(COVID)
             for rows, parts in (
                 (np.flatnonzero(src == fold), held),
                 (np.flatnonzero((src != fold) & (split == "val")), val),
             ):
                 part = df.iloc[rows][["source", "label", "patient_id"]].copy()
-                part["p"] = run_inference(bundle, df, a.cache_dir, 64, rows).probabilities[:, k]
+                part["p"] = run_inference(bundle, df, a.cache_dir, 64, rows).probability(COVID)
                 part["fold"] = fold
                 parts.append(part)
-            p_jsrt[fold] = run_inference(bundle, jsrt, a.cache_dir, 64, None).probabilities[:, k]
+            p_jsrt[fold] = run_inference(bundle, jsrt, a.cache_dir, 64, None).probability(COVID)
     pool, ins = pd.concat(held, ignore_index=True), pd.concat(val, ignore_index=True)
     y_pool, y_ins = (pool["label"] == COVID).to_numpy(), (ins["label"] == COVID).to_numpy()
 

@@ -86,10 +86,9 @@ def predict(run: Path, frames: list, cache_dir: str) -> list[tuple[np.ndarray, n
     feats: list[list] = [[] for _ in frames]
     for member in members_of(run):
         bundle = load_bundle(member / "model")
-        k = list(bundle.config.classes).index(COVID)
         for i, (df, rows) in enumerate(frames):
             res = run_inference(bundle, df, cache_dir, 64, rows)
-            probs[i].append(res.probabilities[:, k])
+            probs[i].append(res.probability(COVID))
             feats[i].append(res.features)
     return [(np.mean(p, axis=0), np.concatenate(f, axis=1)) for p, f in zip(probs, feats, strict=True)]
 

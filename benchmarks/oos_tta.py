@@ -46,12 +46,11 @@ def main() -> None:
         probs: dict[str, np.ndarray] = {}
         for m in args.members:
             bundle = load_bundle(m / fold / "model")
-            k = list(bundle.config.classes).index("covid")
             for views in sorted({1, args.views}):
                 t0 = time.perf_counter()
                 res = run_inference(bundle, df, args.cache_dir, 64, rows, views=views)
                 name = m.name + ("" if views == 1 else f" tta{views}")
-                probs[name] = res.probabilities[:, k]
+                probs[name] = res.probability("covid")
                 print(f"{fold}: {name} {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         if len(args.members) > 1:
             for views in sorted({1, args.views}):

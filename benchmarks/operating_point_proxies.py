@@ -52,9 +52,8 @@ def covid_probabilities(bundles: list[Path], frames: list, cache_dir: str) -> li
     out = [np.zeros(len(f)) for f in frames]
     for path in bundles:
         b = load_bundle(path)
-        k = list(b.config.classes).index("covid")
         for i, f in enumerate(frames):
-            out[i] += run_inference(b, f, cache_dir, 64).probabilities[:, k] / len(bundles)
+            out[i] += run_inference(b, f, cache_dir, 64).probability("covid") / len(bundles)
     return out
 
 

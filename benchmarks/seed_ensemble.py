@@ -45,8 +45,7 @@ def held_out_probabilities(
     bundle = bundles[run]
     bundle.model.load_state_dict(load_file(str(path)))
     bundle.model.eval()
-    res = run_inference(bundle, df, cache_dir, 64, rows)
-    p = res.probabilities[:, list(bundle.config.classes).index("covid")].astype(np.float64)
+    p = run_inference(bundle, df, cache_dir, 64, rows).probability("covid").astype(np.float64)
     store.mkdir(parents=True, exist_ok=True)
     np.save(cached, p)
     return p

@@ -29,10 +29,9 @@ from covidxray.training.trainer import average_epoch_weights, epoch_weights_path
 
 
 def held_out_auc(bundle, df, rows, cache_dir: str) -> float | None:
-    res = run_inference(bundle, df, cache_dir, 64, rows)
-    k = list(bundle.config.classes).index("covid")
+    p = run_inference(bundle, df, cache_dir, 64, rows).probability("covid")
     y = df["label"].astype(str).to_numpy()[rows] == "covid"
-    return roc_auc(y, res.probabilities[:, k], "covid")[0]
+    return roc_auc(y, p, "covid")[0]
 
 
 def main() -> None:

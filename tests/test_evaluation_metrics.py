@@ -138,3 +138,12 @@ def test_operating_point_chosen_on_val_applied_to_test():
     entry = op.bundle_entry()
     assert entry["class"] == "covid" and entry["threshold"] == pytest.approx(0.4)
     assert entry["target_sensitivity"] == 0.75
+
+
+def test_inference_result_gives_one_class_column_by_name():
+    from covidxray.evaluation.inference import InferenceResult
+
+    res = InferenceResult(PROBS[:, [1, 0, 2]], np.zeros((8, 2), np.float32), ["normal", "covid", "pneumonia"])
+    assert np.array_equal(res.probability("covid"), PROBS[:, 0])
+    with pytest.raises(KeyError, match="not one of this model's classes"):
+        res.probability("rest")

@@ -451,7 +451,7 @@ def loso_operating_points(
         ):
             res = run_inference(bundle, df, cache_dir, 64, rows)
             part = df.iloc[rows][["path", "source", "label", "patient_id"]].copy()
-            part["p"] = res.probabilities[:, list(bundle.config.classes).index(cls)]
+            part["p"] = res.probability(cls)
             part["fold"] = fold
             parts.append(part)
     pool = pd.concat(pooled, ignore_index=True)
@@ -564,9 +564,7 @@ def carry_balanced_point(
         return points
     bundle = load_bundle(bundle_dir)
     rows = np.flatnonzero((df["split"].astype(str) == "val").to_numpy())
-    p = run_inference(bundle, df, cache_dir, 64, rows).probabilities[
-        :, list(bundle.config.classes).index(cls)
-    ]
+    p = run_inference(bundle, df, cache_dir, 64, rows).probability(cls)
     y = df["label"].astype(str).to_numpy()[rows] == cls
     target = float(b["in_source_sensitivity"])
     if not y.any():  # no COVID-19 in the validation split: nothing to carry the rank on

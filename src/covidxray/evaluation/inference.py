@@ -30,6 +30,12 @@ class InferenceResult:
     features: np.ndarray  # (N, F) float32, the classifier's penultimate vector
     classes: list[str]
 
+    def probability(self, cls: str) -> np.ndarray:
+        """The probabilities of class ``cls`` (N,), e.g. ``"covid"``."""
+        if cls not in self.classes:
+            raise KeyError(f"class {cls!r} is not one of this model's classes {self.classes}")
+        return self.probabilities[:, self.classes.index(cls)]
+
 
 def predict_canonical(
     model: XRayNet,
