@@ -340,16 +340,35 @@ def test_source_power_sets_each_sources_share_within_a_label_and_acts(manifest: 
     equal, prop = balanced_weights(labels, sources, 0.0), balanced_weights(labels, sources, 1.0)
     assert equal[:90].sum() == pytest.approx(0.25) and equal[90:100].sum() == pytest.approx(0.25)
     assert prop[:90].sum() == pytest.approx(0.45) and prop[90:100].sum() == pytest.approx(0.05)
-    assert np.array_equal(balanced_weights(labels, sources, 0.5), balanced_weights(labels, sources))
+    # the default is the square-root rule every run before the option drew with, bit for bit
+    old = np.zeros(len(labels))
+    for lab, n_labels in ((0, 2), (1, 2)):
+        srcs, counts = np.unique(sources[labels == lab], return_counts=True)
+        shares = np.sqrt(counts) / np.sqrt(counts).sum()
+        for src, share, count in zip(srcs, shares, counts, strict=True):
+            old[(labels == lab) & (sources == src)] = share / (n_labels * count)
+    assert np.array_equal(balanced_weights(labels, sources), old / old.sum())
+    assert balanced_weights(labels, sources)[:90].sum() == pytest.approx(0.375)  # sqrt(90) : sqrt(10) = 3 : 1
     # a manifest whose sources differ in size within every label: the power changes the draws and the weights
     df = pd.read_csv(manifest)
     df = df[~((df.source == "b") & (df.split == "train") & (df.image_id.str[-1].astype(int) > 3))]
     uneven = manifest.parent / "uneven.csv"
     df.to_csv(uneven, index=False)
-    a = train(_cfg(uneven, tmp_path / "a", source_power=0.0))
+    a = tmp_path / "a"
+    argv = ["train", "--manifest", str(uneven), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--source-power", "0", "--out", str(a), "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
     b = train(_cfg(uneven, tmp_path / "b"))
     wa, wb = _weights(a), _weights(b)
     assert not torch.equal(wa["net.conv.conv1.weight"], wb["net.conv.conv1.weight"])
     assert json.loads((a / "run.json").read_text())["config"]["source_power"] == 0.0
-    with pytest.raises(ConfigError, match="source_power must lie in"):
-        TrainConfig(source_power=1.5)
+    assert load_bundle(a / "model").config.training["source_power"] == 0.0
+    for bad in (1.5, "0.25", None, True):
+        with pytest.raises(ConfigError, match="source_power must lie in"):
+            TrainConfig(source_power=bad)
+    with pytest.raises(ConfigError, match="sampler 'shuffle' draws no shares"):
+        TrainConfig(source_power=0.0, sampler="shuffle")
+    assert TrainConfig(source_power=1).source_power == 1.0 and isinstance(
+        TrainConfig(source_power=1).source_power, float
+    )

@@ -50,6 +50,18 @@ def operating_points_markdown(ops: dict[str, Any]) -> list[str]:
     return ("#" + section).strip().splitlines()
 
 
+def _source_share_words(power: float) -> str:
+    """How the balanced sampler weighted the sources of a label (``TrainConfig.source_power``)."""
+    power = float(power)
+    if power == 0.5:
+        return "the square root of their size"
+    if power == 0.0:
+        return "the same share each"
+    if power == 1.0:
+        return "their size"
+    return f"their size to the power {power:g}"
+
+
 def _selection_words(training: dict[str, Any]) -> str:
     """How the kept epoch was chosen, in words (bundles before ``selected_by`` chose on validation)."""
     how = str(training.get("selected_by") or "best val_auc_macro")
@@ -132,7 +144,8 @@ def model_card(
         f"thread(s)), weight initialisation `{training.get('init', 'default')}`, optimizer "
         f"{training.get('optimizer')}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, "
         f"sampler `{training.get('sampler')}` "
-        f"(every label equally likely; within a label sources weighted by the square root of their size); kept "
+        f"(every label equally likely; within a label sources weighted by "
+        f"{_source_share_words(training.get('source_power', 0.5))}); kept "
         f"{'weights' if training.get('averaged_epochs') else 'epoch ' + str(training.get('best_epoch'))}, "
         f"{_selection_words(training)}. Recipe: `covidxray run` "
         "(`covidxray.pipeline.DEFAULT_RECIPE`).",

@@ -53,8 +53,9 @@ from covidxray.about import NOT_FOR_CLINICAL_USE
 # source adversaries, acquisition randomisation, 128 px and the larger seed_cnn2 did not, alone or with the crop.
 # Without copies of the held-out images in training (2026-12-03), averaging epochs 11-20 beat the single epoch the
 # folds chose on all three seeds (mean out-of-source COVID AUC 0.728 / 0.701 / 0.729 against 0.710 / 0.675 /
-# 0.725 at the epoch chosen on both folds) and balanced its points better; MixStyle and seed ensembles did not
-# beat it (BENCHMARKS.md, "Leave-one-source-out without copies").
+# 0.725 at the epoch chosen on both folds) and balanced its points better; MixStyle, seed ensembles, and under
+# the same averaging a source adversary, acquisition randomisation, 128 px, 30 epochs, other sampler source
+# shares (`source_power` 0 / 0.25) and SGD did not beat it (BENCHMARKS.md, "Leave-one-source-out without copies").
 # The recipe is trained three times by `covidxray run` (one run per leave-one-source-out fold, for the operating
 # points, then all sources), so it is kept short enough for the whole job to fit in 30 minutes on 2 cores. A fixed
 # epoch count rather than a time budget makes the result the same on any machine; max_minutes only caps a slow one.

@@ -13,8 +13,9 @@ only for two classes. The rule for ``bce``: the single logit is the probability 
 alphabetically, so their sigmoid was P(normal) for covid/normal -- the same rule.)
 
 **Sampling**: ``balanced`` draws ``len(train)`` rows per epoch with replacement, every label with equal
-probability and, within a label, every source with equal probability (no collection dominates a label);
-``shuffle`` is a plain permutation. ``class_weights="auto"`` weights the loss by the inverse label frequency
+probability and, within a label, each source in proportion to its image count to the power ``source_power``
+(0.5, the square root: no collection dominates a label and none is memorised; 0: every source equally);
+``shuffle`` is a plain permutation (``source_power`` must then stay 0.5). ``class_weights="auto"`` weights the loss by the inverse label frequency
 *as the sampler delivers it*: with ``balanced`` the labels already arrive equally often, so the weights are 1.
 
 **Generalisation to other hospitals** (issue #12; BENCHMARKS.md, "Generalization ablation"):
@@ -138,6 +139,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
         self.validate()
+        self.source_power = float(self.source_power)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that cannot work."""
@@ -170,10 +172,16 @@ class TrainConfig:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
         if not 0 <= self.acquisition <= 1:
             raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
-        if not 0.0 <= float(self.source_power) <= 1.0:
+        sp = self.source_power
+        if isinstance(sp, bool) or not isinstance(sp, (int, float)) or not 0.0 <= sp <= 1.0:
             raise ConfigError(
                 f"source_power must lie in [0, 1] (0: every source of a label equally often, 0.5: square root "
-                f"of its image count, 1: in proportion to it), got {self.source_power}"
+                f"of its image count, 1: in proportion to it), got {self.source_power!r}"
+            )
+        if self.source_power != 0.5 and self.sampler != "balanced":
+            raise ConfigError(
+                f"source_power {self.source_power} sets the balanced sampler's source shares; sampler "
+                f"{self.sampler!r} draws no shares: use --sampler balanced or leave source_power at 0.5"
             )
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
