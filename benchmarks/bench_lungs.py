@@ -109,7 +109,8 @@ def bench_speed(image: str, repeats: int = 5) -> dict:
 
 # -- 3. the guard's lung-field check ---------------------------------------------------------------------------
 def lung_check(images: list, predictor) -> dict:
-    """Share flagged by the lung check alone, by the whole guard, and the model's labels."""
+    """Share flagged by the lung check alone, by the whole guard, and the model's labels (all, and those of the
+    images the guard lets through without a warning)."""
     preds = predictor.predict_batch(images)
     ok = [p for p in preds if p.ok or p.error_reason == "refused"]
     lung = [p for p in ok if any(w.startswith("no plausible lung fields") for w in p.warnings)]
@@ -119,6 +120,7 @@ def lung_check(images: list, predictor) -> dict:
         "guard_flagged": sum(bool(p.warnings) for p in ok) / max(1, len(ok)),
         "quality": dict(Counter((p.lungs or {}).get("quality", "n/a") for p in ok)),
         "labels": dict(Counter(p.label for p in ok)),
+        "labels_unflagged": dict(Counter(p.label for p in ok if not p.warnings)),
     }
 
 
@@ -244,7 +246,8 @@ def main() -> int:
                 )
         v = result["guard"]["lateral"]
         print(
-            f"| lateral views | {v['n']} | {v['lung_flagged']:.1%} | {v['guard_flagged']:.1%} | {v['labels']} |"
+            f"| lateral views | {v['n']} | {v['lung_flagged']:.1%} | {v['guard_flagged']:.1%} | {v['labels']} "
+            f"(without a warning: {v.get('labels_unflagged')}) |"
         )
     for model, a in [("shipped", result.get("attention", {})), *result.get("attention_models", {}).items()]:
         if "overall" not in a:
