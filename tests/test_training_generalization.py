@@ -372,3 +372,32 @@ def test_source_power_sets_each_sources_share_within_a_label_and_acts(manifest: 
     assert TrainConfig(source_power=1).source_power == 1.0 and isinstance(
         TrainConfig(source_power=1).source_power, float
     )
+
+
+def test_label_smoothing_and_weight_decay_act_are_recorded_and_validated(
+    manifest: Path, plain: Path, tmp_path: Path
+) -> None:
+    from covidxray.training.trainer import build_optimizer
+    from covidxray.training.validation import task_loss
+
+    logits, y = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0]]), torch.tensor([0, 1])
+    assert float(task_loss(logits, y, smoothing=0.2)) > float(task_loss(logits, y))
+    # smoothed target of the right class: 1 - 0.2 + 0.2 / 3; by hand from the log-softmax
+    logp = torch.log_softmax(logits, 1)
+    target = torch.full((2, 3), 0.2 / 3) + torch.nn.functional.one_hot(y, 3) * 0.8
+    assert float(task_loss(logits, y, smoothing=0.2)) == pytest.approx(float(-(target * logp).sum(1).mean()))
+    one = torch.tensor([[2.0], [-1.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(one[:, 0], torch.tensor([0.1, 0.9]))
+    assert float(task_loss(one, y, smoothing=0.2)) == pytest.approx(float(bce))
+    cfg = _cfg(manifest, tmp_path / "o", weight_decay=0.1)
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.1
+    assert type(build_optimizer(_cfg(manifest, tmp_path / "p"), torch.nn.Linear(2, 2))) is torch.optim.Adam
+    wp = _weights(plain)
+    for kw in ({"label_smoothing": 0.1}, {"weight_decay": 0.1}):
+        run = train(_cfg(manifest, tmp_path / next(iter(kw)), **kw))
+        assert not torch.equal(_weights(run)["net.conv.conv1.weight"], wp["net.conv.conv1.weight"])
+        assert json.loads((run / "run.json").read_text())["config"][next(iter(kw))] == 0.1
+    for bad in ({"label_smoothing": 1.0}, {"weight_decay": -0.1}, {"label_smoothing": "0.1"}):
+        with pytest.raises(ConfigError, match="must be a number in"):
+            TrainConfig(**bad)

@@ -79,6 +79,9 @@ HELP: dict[str, str] = {
     "afterwards on out-of-source figures (covidxray.training.trainer.reselect_epoch)",
     "source_power": "balanced sampler: within a label, each source is drawn in proportion to its image count to "
     "this power (0: every source equally, 0.5: square root, 1: every image equally)",
+    "label_smoothing": "label smoothing: this share of each training target is spread evenly over the classes "
+    "(0: off)",
+    "weight_decay": "weight decay (Adam becomes AdamW, decoupled; rmsprop / sgd take it as L2); 0: off",
     "mixup": "mixup alpha: train on Beta(alpha, alpha) blends of image pairs, the loss blended alike (0: off)",
     "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
     "instead of the best on in-source validation, and stop after it (0: best on validation)",

@@ -135,11 +135,14 @@ class TrainConfig:
     select_epoch: int = 0
     mixup: float = 0.0  # mixup: Beta(alpha, alpha) blends of image pairs and of their losses (0: off)
     average_from: int = 0  # weight averaging: model/ = mean of the weights of epochs N..last (0: off)
+    label_smoothing: float = 0.0  # share of each training target spread evenly over the classes (0: off)
+    weight_decay: float = 0.0  # decoupled weight decay (Adam -> AdamW; L2 for rmsprop / sgd); 0: off
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
         self.validate()
         self.source_power = float(self.source_power)
+        self.label_smoothing, self.weight_decay = float(self.label_smoothing), float(self.weight_decay)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that cannot work."""
@@ -183,6 +186,10 @@ class TrainConfig:
                 f"source_power {self.source_power} sets the balanced sampler's source shares; sampler "
                 f"{self.sampler!r} draws no shares: use --sampler balanced or leave source_power at 0.5"
             )
+        for name, top in (("label_smoothing", 1.0), ("weight_decay", 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < top:
+                raise ConfigError(f"{name} must be a number in [0, {top:g}), got {v!r}")
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
         if self.mixup and self.adversary != "none":

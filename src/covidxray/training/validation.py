@@ -20,15 +20,26 @@ from covidxray.training.distributed import Dist, gather_rows
 
 
 def task_loss(
-    logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Softmax cross-entropy, or for one output the sigmoid BCE of "is the last class" (weights by class)."""
+    """Softmax cross-entropy, or for one output the sigmoid BCE of "is the last class" (weights by class).
+
+    ``smoothing`` > 0 (training only) spreads that share of each target evenly over the classes (label smoothing,
+    Szegedy et al. 2016; for one sigmoid output the target moves from 0 / 1 towards 0.5)."""
     if logits.shape[-1] == 1:
-        per_row = F.binary_cross_entropy_with_logits(logits[:, 0], targets.float(), reduction="none")
+        target = targets.float()
+        if smoothing:
+            target = target * (1 - smoothing) + 0.5 * smoothing
+        per_row = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
         if weight is None:
             return per_row.mean()
         w = weight[targets]
         return (per_row * w).sum() / w.sum()
+    if smoothing:
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing)
     return F.cross_entropy(logits, targets, weight=weight)
 
 
