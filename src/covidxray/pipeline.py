@@ -55,7 +55,8 @@ from covidxray.about import NOT_FOR_CLINICAL_USE
 # folds chose on all three seeds (mean out-of-source COVID AUC 0.728 / 0.701 / 0.729 against 0.710 / 0.675 /
 # 0.725 at the epoch chosen on both folds) and balanced its points better; MixStyle, seed ensembles, and under
 # the same averaging a source adversary, acquisition randomisation, 128 px, 30 epochs, other sampler source
-# shares (`source_power` 0 / 0.25) and SGD did not beat it (BENCHMARKS.md, "Leave-one-source-out without copies").
+# shares (`source_power` 0 / 0.25), SGD, label smoothing, weight decay, lr 3e-4 and the smaller seed_cnn422k did
+# not beat it (BENCHMARKS.md, "Leave-one-source-out without copies").
 # The recipe is trained three times by `covidxray run` (one run per leave-one-source-out fold, for the operating
 # points, then all sources), so it is kept short enough for the whole job to fit in 30 minutes on 2 cores. A fixed
 # epoch count rather than a time budget makes the result the same on any machine; max_minutes only caps a slow one.
