@@ -7,12 +7,15 @@
 #   usage: benchmarks/fold_pair.sh NAME [extra covidxray train flags]
 #   e.g.   benchmarks/fold_pair.sh nl_swa_wd1 --average-from 11 --weight-decay 0.1
 # Writes runs/exp/NAME/{cohen,radiography} (logs runs/exp/NAME.FOLD.log) and links runs/gen/NAME/<fold> to them,
-# so `.venv/bin/python benchmarks/generalization.py NAME` scores the row. An interrupted fold continues with
-# `covidxray train --resume runs/exp/NAME/FOLD --threads 1 --no-progress`.
-# (This is the runs/exp/pair.sh + runs/exp/fold.sh the BENCHMARKS commands name, kept in the repo.)
+# so `.venv/bin/python benchmarks/generalization.py NAME` scores the row (with MANIFEST=... set, give
+# generalization.py the same --manifest). An interrupted fold continues with
+# `covidxray train --resume runs/exp/NAME/FOLD --threads 1 --no-progress` (then make the two links by hand:
+# running this script again would start the fold afresh).
+# (The runs/exp/pair.sh + runs/exp/fold.sh that BENCHMARKS' commands name from the sixth session on, kept in the
+# repo; earlier sessions' fold.sh was another command, written beside their tables.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME=$1; shift
+NAME=${1:?usage: benchmarks/fold_pair.sh NAME [extra covidxray train flags]}; shift
 MANIFEST=${MANIFEST:-runs/data/manifest.csv}
 mkdir -p "runs/exp/$NAME" "runs/gen/$NAME"
 fold() {
@@ -21,10 +24,20 @@ fold() {
     --epoch-samples 2048 --patience 10 --threads 1 --no-progress --epoch-weights "${@:2}" \
     > "runs/exp/$NAME.$1.log" 2>&1
 }
+rm -f "runs/exp/$NAME/cohen/history.csv"  # a fresh start: an old run's history must not release the second fold
 fold cohen "$@" &
 pid=$!
+trap 'kill "$pid" 2>/dev/null' INT TERM
 # the second fold starts once the first has built the shared image cache and finished an epoch
 until [ -f "runs/exp/$NAME/cohen/history.csv" ] || ! kill -0 "$pid" 2>/dev/null; do sleep 10; done
-fold radiography "$@"
-wait "$pid"
-for f in cohen radiography; do ln -sfn "$PWD/runs/exp/$NAME/$f" "runs/gen/$NAME/$f"; done
+rc=0
+fold radiography "$@" || rc=$?
+wait "$pid" || rc=$?
+for f in cohen radiography; do
+  if grep -qs '"status": "completed"' "runs/exp/$NAME/$f/run.json"; then
+    ln -sfn "$PWD/runs/exp/$NAME/$f" "runs/gen/$NAME/$f"
+  else
+    echo "fold $f of $NAME did not complete: see runs/exp/$NAME.$f.log" >&2
+  fi
+done
+exit "$rc"

@@ -62,6 +62,17 @@ def _source_share_words(power: float) -> str:
     return f"their size to the power {power:g}"
 
 
+def _optimizer_words(training: dict[str, Any]) -> str:
+    """The optimizer as trained: its name, plus weight decay and label smoothing when a run used them."""
+    words = str(training.get("optimizer"))
+    wd = float(training.get("weight_decay") or 0)
+    if wd:
+        words += f" (AdamW, weight decay {wd:g})" if words == "adam" else f" (L2 weight decay {wd:g})"
+    if float(training.get("label_smoothing") or 0):
+        words += f", label smoothing {float(training['label_smoothing']):g}"
+    return words
+
+
 def _selection_words(training: dict[str, Any]) -> str:
     """How the kept epoch was chosen, in words (bundles before ``selected_by`` chose on validation)."""
     how = str(training.get("selected_by") or "best val_auc_macro")
@@ -142,7 +153,7 @@ def model_card(
         f"- Training: {training.get('epochs_run', '?')} epochs of {training.get('epoch_samples') or 'all'} images "
         f"({training.get('train_seconds', 0) / 60:.1f} min on a 2-core CPU, {training.get('threads') or 2} torch "
         f"thread(s)), weight initialisation `{training.get('init', 'default')}`, optimizer "
-        f"{training.get('optimizer')}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, "
+        f"{_optimizer_words(training)}, lr {training.get('lr')}, augmentation `{training.get('augment')}`, "
         f"sampler `{training.get('sampler')}` "
         f"(every label equally likely; within a label sources weighted by "
         f"{_source_share_words(training.get('source_power', 0.5))}); kept "

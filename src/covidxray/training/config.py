@@ -136,7 +136,7 @@ class TrainConfig:
     mixup: float = 0.0  # mixup: Beta(alpha, alpha) blends of image pairs and of their losses (0: off)
     average_from: int = 0  # weight averaging: model/ = mean of the weights of epochs N..last (0: off)
     label_smoothing: float = 0.0  # share of each training target spread evenly over the classes (0: off)
-    weight_decay: float = 0.0  # decoupled weight decay (Adam -> AdamW; L2 for rmsprop / sgd); 0: off
+    weight_decay: float = 0.0  # adam: decoupled decay (AdamW); rmsprop / sgd: an L2 term; 0: off
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -189,7 +189,10 @@ class TrainConfig:
         for name, top in (("label_smoothing", 1.0), ("weight_decay", 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < top:
-                raise ConfigError(f"{name} must be a number in [0, {top:g}), got {v!r}")
+                raise ConfigError(
+                    f"{name} must be a number in [0, {top:g}), got {v!r}"
+                    + (" (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(v, str) else "")
+                )
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
         if self.mixup and self.adversary != "none":

@@ -28,7 +28,10 @@ def task_loss(
     """Softmax cross-entropy, or for one output the sigmoid BCE of "is the last class" (weights by class).
 
     ``smoothing`` > 0 (training only) spreads that share of each target evenly over the classes (label smoothing,
-    Szegedy et al. 2016; for one sigmoid output the target moves from 0 / 1 towards 0.5)."""
+    Szegedy et al. 2016; for one sigmoid output the target moves from 0 / 1 towards 0.5). With class weights the
+    two forms weigh differently: softmax weights each class's part of the smoothed target by that class's weight
+    (PyTorch's rule), the sigmoid form the whole row by its true class's weight (the balanced sampler's weights
+    are 1, so the recipe sees no difference)."""
     if logits.shape[-1] == 1:
         target = targets.float()
         if smoothing:
