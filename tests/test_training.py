@@ -92,3 +92,13 @@ def test_seed002_brightness_only_darkens() -> None:
 def test_none_policy_is_identity() -> None:
     x = torch.rand(2, 1, 8, 8)
     assert Augment("none", 8)(x, batch_generator(0, 0, 0)) is x
+
+
+def test_config_file_yaml_reads_exponent_floats_as_numbers(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-4\nweight_decay: 5e-2\nmax_minutes: 2e1\nmodel: seed_cnn2\n")
+    cfg = TrainConfig.from_file(path)
+    assert (cfg.lr, cfg.weight_decay, cfg.max_minutes, cfg.model) == (1e-4, 0.05, 20.0, "seed_cnn2")
+    path.write_text("label_smoothing: lots\n")
+    with pytest.raises(ConfigError, match="label_smoothing must be a number"):
+        TrainConfig.from_file(path)

@@ -271,8 +271,24 @@ def read_options(path: str | Path) -> dict[str, Any]:
         import yaml
 
         d = yaml.safe_load(text) or {}
+        if isinstance(d, dict):
+            d = _yaml_floats(d)
     else:
         d = json.loads(text)
     if not isinstance(d, dict):
         raise ConfigError(f"{p}: expected a mapping of training options, got {type(d).__name__}")
     return d
+
+
+def _yaml_floats(d: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` (no dot) as text: a float option's value that reads as a number becomes
+    that number, so ``lr: 1e-4`` means what it says."""
+    floats = {f.name for f in fields(TrainConfig) if str(f.type).split("|")[0].strip() == "float"}
+    out = dict(d)
+    for name in floats & set(d):
+        if isinstance(d[name], str):
+            try:
+                out[name] = float(d[name])
+            except ValueError:
+                pass  # left as text: validation names the field
+    return out
