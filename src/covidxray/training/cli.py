@@ -19,6 +19,7 @@ from covidxray.training.config import (
     CLASS_WEIGHTS,
     LOSSES,
     OPTIMIZERS,
+    OPTION_TYPES,
     SAMPLERS,
     TrainConfig,
 )
@@ -101,15 +102,14 @@ def add_train_flags(
     renames some), typed from the field and restricted to its ``choices``; unset flags stay None, so
     :func:`given_train_options` returns only what was given. ``dest_prefix`` keeps them apart from a parser's
     own options (``crossval`` uses ``train_``)."""
-    types = {f.name: str(f.type) for f in fields(TrainConfig)}
     for name in names:
         flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
         text = HELP.get(name, name.replace("_", " "))
         default = getattr(TrainConfig, name, None)
-        if types[name] == "bool":
+        if OPTION_TYPES[name] == "bool":
             parser.add_argument(flag, dest=dest_prefix + name, action="store_true", default=None, help=text)
             continue
-        typ = _TYPES.get(types[name].split(" |")[0], str)
+        typ = _TYPES.get(OPTION_TYPES[name], str)
         if default not in (None, "") and name not in ("classes", "out"):
             text += f" (default: {default})"
         choices = CHOICES.get(name)

@@ -175,8 +175,7 @@ class TrainConfig:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
         if not 0 <= self.acquisition <= 1:
             raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
-        sp = self.source_power
-        if isinstance(sp, bool) or not isinstance(sp, (int, float)) or not 0.0 <= sp <= 1.0:
+        if not _is_number(self.source_power) or not 0.0 <= self.source_power <= 1.0:
             raise ConfigError(
                 f"source_power must lie in [0, 1] (0: every source of a label equally often, 0.5: square root "
                 f"of its image count, 1: in proportion to it), got {self.source_power!r}"
@@ -188,11 +187,8 @@ class TrainConfig:
             )
         for name, top in (("label_smoothing", 1.0), ("weight_decay", 1.0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < top:
-                raise ConfigError(
-                    f"{name} must be a number in [0, {top:g}), got {v!r}"
-                    + (" (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(v, str) else "")
-                )
+            if not _is_number(v) or not 0.0 <= v < top:
+                raise ConfigError(f"{name} must be a number in [0, {top:g}), got {v!r}")
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
         if self.mixup and self.adversary != "none":
@@ -263,6 +259,16 @@ class TrainConfig:
         return cls.from_dict(read_options(path))
 
 
+def _is_number(v: Any) -> bool:
+    """An int or float option value (a bool is not one, though Python counts it as an int)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# each option's type without "| None" ("float" for max_minutes): the CLI types its flags by it, YAML files are
+# read by it
+OPTION_TYPES: dict[str, str] = {f.name: str(f.type).split(" |")[0] for f in fields(TrainConfig)}
+
+
 def read_options(path: str | Path) -> dict[str, Any]:
     """The mapping of training options in a YAML or JSON file, as written (not yet validated)."""
     p = Path(path)
@@ -283,10 +289,9 @@ def read_options(path: str | Path) -> dict[str, Any]:
 def _yaml_floats(d: dict[str, Any]) -> dict[str, Any]:
     """YAML 1.1 (PyYAML) reads ``1e-4`` (no dot) as text: a float option's value that reads as a number becomes
     that number, so ``lr: 1e-4`` means what it says."""
-    floats = {f.name for f in fields(TrainConfig) if str(f.type).split("|")[0].strip() == "float"}
     out = dict(d)
-    for name in floats & set(d):
-        if isinstance(d[name], str):
+    for name in d:
+        if OPTION_TYPES.get(name) == "float" and isinstance(d[name], str):
             try:
                 out[name] = float(d[name])
             except ValueError:
