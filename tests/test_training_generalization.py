@@ -401,3 +401,73 @@ def test_label_smoothing_and_weight_decay_act_are_recorded_and_validated(
     for bad in ({"label_smoothing": 1.0}, {"weight_decay": -0.1}, {"label_smoothing": "0.1"}):
         with pytest.raises(ConfigError, match="must be a number in"):
             TrainConfig(**bad)
+
+
+# -- GroupDRO ----------------------------------------------------------------------------------------------------
+def test_group_dro_moves_weight_to_the_worst_group_and_minimises_the_weighted_loss() -> None:
+    from covidxray.training.groupdro import GroupDRO
+
+    dro = GroupDRO.for_split(
+        np.array(["k", "r", "r", "k", "r"]), np.array([1, 0, 1, 1, 0]), ("covid", "normal"), 1.0
+    )
+    assert dro.names == ["k/normal", "r/covid", "r/normal"] and dro.groups.tolist() == [0, 1, 2, 0, 1]
+    # a batch of rows 0, 1, 3 (groups k/normal twice, r/covid once; r/normal absent), losses 1, 3, 2
+    rows = torch.tensor([1.0, 3.0, 2.0], requires_grad=True)
+    out = dro.loss(rows, np.array([0, 1, 3]))
+    q = torch.tensor(
+        [np.exp(1.5), np.exp(3.0), 1.0], dtype=torch.float64
+    )  # exp(eta * group mean), absent: exp(0)
+    q = q / q.sum()
+    assert torch.allclose(dro.q, q)
+    assert float(out.detach()) == pytest.approx(float(q[0] * 1.5 + q[1] * 3.0))
+    out.backward()  # each row's gradient: its group's weight over the group's rows in the batch
+    assert torch.allclose(rows.grad.double(), torch.stack([q[0] / 2, q[1], q[0] / 2]).double(), atol=1e-6)
+    assert (
+        dro.q[1] > dro.q[0] > dro.q[2]
+    )  # the group with the highest loss gains, the absent one loses its share
+    assert sum(dro.weights().values()) == pytest.approx(1.0)
+    other = GroupDRO(dro.groups.numpy(), dro.names, 1.0)
+    other.load_state_dict(dro.state_dict())
+    assert torch.equal(other.q, dro.q)
+    with pytest.raises(ValueError, match="differ from this run's"):
+        GroupDRO(np.array([0]), ["x"], 1.0).load_state_dict(dro.state_dict())
+
+
+def test_group_dro_acts_is_recorded_checkpointed_and_validated(
+    manifest: Path, plain: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "dro"
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--group-dro", "0.5", "--out", str(out), "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    assert not torch.equal(_weights(out)["net.conv.conv1.weight"], _weights(plain)["net.conv.conv1.weight"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["group_dro"] == 0.5
+    weights = run["group_dro_weights"]
+    df = pd.read_csv(manifest)
+    train_rows = df[df.split == "train"]
+    assert set(weights) == {f"{s}/{lab}" for s, lab in zip(train_rows.source, train_rows.label, strict=True)}
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-5)
+    assert len(set(weights.values())) > 1  # the weights moved away from uniform
+    assert load_bundle(out / "model").config.training["group_dro"] == 0.5
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["group_dro"]["names"] == sorted(weights)
+    assert [round(float(w), 6) for w in state["group_dro"]["q"]] == [weights[n] for n in sorted(weights)]
+    assert "group_dro_weights" not in json.loads((plain / "run.json").read_text())
+    for bad in (-0.1, 11, "0.01", None, True):
+        with pytest.raises(ConfigError, match="group_dro is GroupDRO's step size"):
+            TrainConfig(group_dro=bad)
+    with pytest.raises(ConfigError, match="group_dro and mixup"):
+        TrainConfig(group_dro=0.01, mixup=0.2)
+
+
+def test_group_dro_weights_survive_a_resume(manifest: Path, tmp_path: Path) -> None:
+    from covidxray.training.trainer import resume
+
+    first = train(_cfg(manifest, tmp_path / "resumed", group_dro=0.5))
+    resume(first, epochs=2, progress=False)
+    whole = train(_cfg(manifest, tmp_path / "whole", group_dro=0.5, epochs=2))
+    a, b = (json.loads((r / "run.json").read_text()) for r in (first, whole))
+    assert a["epochs_run"] == 2 and a["group_dro_weights"] == b["group_dro_weights"]
+    assert torch.equal(_weights(first)["net.conv.conv1.weight"], _weights(whole)["net.conv.conv1.weight"])

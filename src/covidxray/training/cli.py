@@ -83,6 +83,8 @@ HELP: dict[str, str] = {
     "label_smoothing": "label smoothing: this share of each training target is spread evenly over the classes "
     "(0: off)",
     "weight_decay": "weight decay (Adam becomes AdamW, decoupled; rmsprop / sgd take it as L2); 0: off",
+    "group_dro": "GroupDRO step size: minimise the worst (source, class) group's loss instead of the mean, the "
+    "groups' weights moved by exp(step x group loss) at every batch (0: off; 0.01 in the paper)",
     "mixup": "mixup alpha: train on Beta(alpha, alpha) blends of image pairs, the loss blended alike (0: off)",
     "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
     "instead of the best on in-source validation, and stop after it (0: best on validation)",

@@ -137,12 +137,14 @@ class TrainConfig:
     average_from: int = 0  # weight averaging: model/ = mean of the weights of epochs N..last (0: off)
     label_smoothing: float = 0.0  # share of each training target spread evenly over the classes (0: off)
     weight_decay: float = 0.0  # adam: decoupled decay (AdamW); rmsprop / sgd: an L2 term; 0: off
+    group_dro: float = 0.0  # GroupDRO step size over the (source, class) groups (0: off), .groupdro
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
         self.validate()
         self.source_power = float(self.source_power)
         self.label_smoothing, self.weight_decay = float(self.label_smoothing), float(self.weight_decay)
+        self.group_dro = float(self.group_dro)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that cannot work."""
@@ -189,6 +191,15 @@ class TrainConfig:
             v = getattr(self, name)
             if not _is_number(v) or not 0.0 <= v < top:
                 raise ConfigError(f"{name} must be a number in [0, {top:g}), got {v!r}")
+        if not _is_number(self.group_dro) or not 0.0 <= self.group_dro <= 10.0:
+            raise ConfigError(
+                f"group_dro is GroupDRO's step size, a number in [0, 10] (0: off; the paper used 0.01), "
+                f"got {self.group_dro!r}"
+            )
+        if self.group_dro and self.mixup:
+            raise ConfigError(
+                "group_dro and mixup cannot be combined (a blended image belongs to two groups)"
+            )
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
         if self.mixup and self.adversary != "none":

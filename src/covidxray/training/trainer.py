@@ -66,9 +66,10 @@ from covidxray.training.distributed import (
     shutdown,
     sum_across,
 )
+from covidxray.training.groupdro import GroupDRO
 from covidxray.training.history import plot_curves, read_history, write_history, write_json
 from covidxray.training.sampler import balanced_weights, epoch_order, expected_label_frequency, shard
-from covidxray.training.validation import predict_logits, task_loss, val_metrics
+from covidxray.training.validation import predict_logits, task_loss, task_loss_rows, val_metrics
 
 DEFAULT_THREADS = 2
 CHANNELS_LAST = torch.channels_last
@@ -215,6 +216,17 @@ class _Run:
         self.weight = class_weight_tensor(cfg, self.train_split, self.sample_p)
         self.monitor = "val_auc_macro" if len(np.unique(self.val_split.targets)) > 1 else "val_loss"
         self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition)
+        self.dro = (
+            GroupDRO.for_split(
+                self.train_split.sources,
+                self.train_split.targets,
+                cfg.classes,
+                cfg.group_dro,
+                sync=ctx.active,
+            )
+            if cfg.group_dro
+            else None
+        )
 
         if ctx.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -281,6 +293,7 @@ class _Run:
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "adversary": None if self.adversary is None else self.adversary.state_dict(),
+            "group_dro": None if self.dro is None else self.dro.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -299,6 +312,8 @@ class _Run:
         self.model.load_state_dict(state["model"])
         if self.adversary is not None:
             self.adversary.load_state_dict(state["adversary"])
+        if self.dro is not None:
+            self.dro.load_state_dict(state["group_dro"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -357,13 +372,13 @@ class _Run:
                 ) * task_loss(logits, y[perm], weight, cfg.label_smoothing)
             elif self.adversary is None:
                 logits = self.net(x)
-                loss = total = task_loss(logits, y, weight, cfg.label_smoothing)
+                loss, total = self._task_loss(logits, y, weight, idx)
             else:
                 lam = dann_lambda(cfg.adversary_weight, (self.epoch * n_batches + self.step) / total_steps)
                 src = torch.from_numpy(src_all[idx]).to(ctx.device)
                 logits, adv_loss, adv_correct, adv_n = self.net(x, y, src, lam)
-                loss = task_loss(logits, y, weight, cfg.label_smoothing)
-                total = loss + adv_loss
+                loss, total = self._task_loss(logits, y, weight, idx)
+                total = total + adv_loss
                 self.sums["adv_loss"] += float(adv_loss.detach()) * adv_n
                 self.sums["adv_correct"] += float(adv_correct)
                 self.sums["adv_seen"] += adv_n
@@ -387,6 +402,17 @@ class _Run:
                 self.checkpoint()
         if bar is not None:
             bar.close()
+
+    def _task_loss(
+        self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, idx: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss recorded in the history, the loss minimised): the same mean loss, or with GroupDRO the mean
+        recorded and the groups' ``q``-weighted loss minimised."""
+        if self.dro is None:
+            loss = task_loss(logits, y, weight, self.cfg.label_smoothing)
+            return loss, loss
+        recorded = task_loss(logits.detach(), y, weight, self.cfg.label_smoothing)
+        return recorded, self.dro.loss(task_loss_rows(logits, y, weight, self.cfg.label_smoothing), idx)
 
     def end_epoch(self) -> bool:
         """Validate, record, keep the best, checkpoint; True when training should stop."""
@@ -601,6 +627,7 @@ class _Run:
                 "monitor": self.monitor,
                 "selected_by": self.selected_by,
                 **self.averaging_record(),
+                **({} if self.dro is None else {"group_dro_weights": self.dro.weights()}),
                 "best_val": self.best_metrics,
                 "holdout_copies_excluded": self.holdout_copies_excluded(),
                 "bundle": "model",

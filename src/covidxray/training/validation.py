@@ -46,6 +46,23 @@ def task_loss(
     return F.cross_entropy(logits, targets, weight=weight)
 
 
+def task_loss_rows(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    smoothing: float = 0.0,
+) -> torch.Tensor:
+    """:func:`task_loss` row by row (N,), unnormalised: each row's loss times its class weight, as PyTorch's
+    ``reduction="none"`` gives it (GroupDRO averages the rows of each group itself)."""
+    if logits.shape[-1] == 1:
+        target = targets.float()
+        if smoothing:
+            target = target * (1 - smoothing) + 0.5 * smoothing
+        per_row = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+        return per_row if weight is None else per_row * weight[targets]
+    return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing, reduction="none")
+
+
 def val_metrics(logits: np.ndarray, targets: np.ndarray, classes: tuple[str, ...]) -> dict[str, Any]:
     """The per-epoch validation figures (``None`` where a figure is undefined, e.g. a class is absent)."""
     lt, yt = torch.from_numpy(logits), torch.from_numpy(targets)
