@@ -6,9 +6,10 @@ real X-rays, non-X-rays and lateral views, and where the shipped model looks (in
 1. ONNX throughput of the shipped segmenter at its input size, 2 intra-op threads, batch 16 (wall clock and per
    CPU-second: the machine is shared, so both are printed), and the cold start of ``covidxray segment --image``.
 2. Held-out Dice per source, from the segmenter's config (``covidxray segment train`` measured it).
-3. The "no plausible lung fields" check alone and the whole guard (with the shipped default model) on: real
-   frontal X-rays (random val + test rows of runs/data/manifest.csv or /work/main's), the guard benchmark's
-   non-X-ray sets, and the lateral views (``view == L``) of covid-chestxray-dataset, with the model's labels there.
+3. The "no plausible lung fields" check alone, the view check alone ("looks like a lateral view") and the whole
+   guard (with the shipped default model) on: real frontal X-rays (random val + test rows of
+   runs/data/manifest.csv or /work/main's), the guard benchmark's non-X-ray sets, and the lateral views
+   (``view == L``) of covid-chestxray-dataset, with the model's labels there.
 4. In-lung Grad-CAM share of the shipped model on a seeded sample of test rows, per source and per class.
 Writes benchmarks/results/bench_lungs.json and prints tables.
 """
@@ -114,9 +115,11 @@ def lung_check(images: list, predictor) -> dict:
     preds = predictor.predict_batch(images)
     ok = [p for p in preds if p.ok or p.error_reason == "refused"]
     lung = [p for p in ok if any(w.startswith("no plausible lung fields") for w in p.warnings)]
+    view = [p for p in ok if any(w.startswith("looks like a lateral view") for w in p.warnings)]
     return {
         "n": len(ok),
         "lung_flagged": len(lung) / max(1, len(ok)),
+        "view_flagged": len(view) / max(1, len(ok)),
         "guard_flagged": sum(bool(p.warnings) for p in ok) / max(1, len(ok)),
         "quality": dict(Counter((p.lungs or {}).get("quality", "n/a") for p in ok)),
         "labels": dict(Counter(p.label for p in ok)),
@@ -238,16 +241,17 @@ def main() -> int:
             f"({sp['cold_start_cpu_s_median']:.2f} CPU-s)"
         )
     if "guard" in result:
-        print("| images | n | lung check flags | whole guard flags | labels |")
+        print("| images | n | lung check flags | view check flags | whole guard flags | labels |")
         for group in ("real", "non_xray"):
             for k, v in result["guard"][group].items():
                 print(
-                    f"| {group}: {k} | {v['n']} | {v['lung_flagged']:.1%} | {v['guard_flagged']:.1%} | {v['labels']} |"
+                    f"| {group}: {k} | {v['n']} | {v['lung_flagged']:.1%} | {v['view_flagged']:.1%} "
+                    f"| {v['guard_flagged']:.1%} | {v['labels']} |"
                 )
         v = result["guard"]["lateral"]
         print(
-            f"| lateral views | {v['n']} | {v['lung_flagged']:.1%} | {v['guard_flagged']:.1%} | {v['labels']} "
-            f"(without a warning: {v.get('labels_unflagged')}) |"
+            f"| lateral views | {v['n']} | {v['lung_flagged']:.1%} | {v['view_flagged']:.1%} "
+            f"| {v['guard_flagged']:.1%} | {v['labels']} (without a warning: {v.get('labels_unflagged')}) |"
         )
     for model, a in [("shipped", result.get("attention", {})), *result.get("attention_models", {}).items()]:
         if "overall" not in a:

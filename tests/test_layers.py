@@ -27,7 +27,7 @@ LAYERS = (
     ("imageio", ("covidxray.imageio",)),
     ("preprocess", ("covidxray.preprocess",)),
     ("models", ("covidxray.models",)),
-    ("segmentation", ("covidxray.segmentation",)),
+    ("segmentation", ("covidxray.segmentation", "covidxray.viewcheck")),
     ("data", ("covidxray.data",)),
     ("bundle", ("covidxray.bundle",)),
     ("training", ("covidxray.training",)),

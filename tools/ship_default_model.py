@@ -306,8 +306,11 @@ def model_card(
         "'pneumonia' mixes bacterial and viral pediatric pneumonia with adult lung opacity.",
         "- Trained from scratch on about 7,000 images at low resolution on a CPU; no ImageNet or chest X-ray "
         "pretraining was used.",
-        "- The input guard flags colour photographs, documents, tiny images and images far from the training "
-        "distribution in feature space, but cannot guarantee that an image is a frontal chest X-ray.",
+        "- The input guard flags colour photographs, documents, tiny images, images far from the training "
+        "distribution in feature space, images without plausible lung fields and, with a separate view check "
+        "(`src/covidxray/default_view/`), lateral views (about 98 % of covid-chestxray-dataset's lateral views in "
+        "patient-grouped cross-validation together with the lung check), but cannot guarantee that an image is a "
+        "frontal chest X-ray.",
         "- Grad-CAM heatmaps show where the network's evidence is, not where disease is; they often highlight "
         "text, markers or borders, which is itself a sign of shortcut learning.",
         "",

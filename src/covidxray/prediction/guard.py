@@ -15,6 +15,9 @@ Two kinds of evidence, each giving a plain-language warning (a string) when it f
 3. **Lung fields** (:class:`covidxray.segmentation.LungFacts` from the shipped lung segmenter): a frontal chest
    X-ray shows two lung fields of plausible area and left/right balance; lateral views, other body parts and
    non-X-rays mostly do not ("no plausible lung fields", measured in BENCHMARKS.md).
+4. **View** (:mod:`covidxray.viewcheck`): a small network's probability that the image is a lateral view, which
+   the lung-field check misses about 40 % of the time ("looks like a lateral view"; patient-grouped
+   cross-validation in BENCHMARKS.md). It runs with the lung check (``lung_check``).
 
 Warnings never change the prediction; ``--strict`` (or ``Predictor(strict=True)``) refuses flagged inputs.
 Only NumPy and Pillow are used, so the ONNX backend runs the same guard without torch.
@@ -33,6 +36,7 @@ from PIL import Image
 
 from covidxray.imageio import LoadedImage
 from covidxray.segmentation.masks import LungFacts
+from covidxray.viewcheck import ViewFacts, view_warning
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -252,11 +256,17 @@ class InputGuard:
         return self.distance is not None
 
     def check(
-        self, image: LoadedImage, features: np.ndarray | None = None, lungs: LungFacts | None = None
+        self,
+        image: LoadedImage,
+        features: np.ndarray | None = None,
+        lungs: LungFacts | None = None,
+        view: ViewFacts | None = None,
     ) -> list[str]:
         out = stats_warnings(image_stats(image), self.limits)
         if lungs is not None and not lungs.plausible:
             out.append(lung_warning(lungs))
+        if view is not None and view.lateral:
+            out.append(view_warning(view))
         if self.distance is not None and features is not None:
             d = self.distance.distance(features)
             if d > self.distance.threshold:

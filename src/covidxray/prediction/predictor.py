@@ -49,6 +49,7 @@ from covidxray.prediction.guard import InputGuard
 from covidxray.prediction.inputs import ImageInput, UnsupportedInput, describe, to_loaded_image
 from covidxray.preprocess import NewerPreprocessingError, Preprocessing, mean_over_views, tta_views
 from covidxray.segmentation.segmenter import default_segmenter_facts
+from covidxray.viewcheck import default_view_facts
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -156,6 +157,7 @@ class Predictor:
         self.strict = strict
         self.lung_check = lung_check
         self._segmenter = None
+        self._view_check = None
         self._explainer = None
 
     @property
@@ -224,9 +226,10 @@ class Predictor:
             except Exception as exc:  # e.g. PIL's DecompressionBombError: one bad file must not stop a batch
                 results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
         lungs = self.segment_lungs([img for _, img in loaded])
-        kept: list[tuple[int, LoadedImage, Any]] = []
+        views = self.check_views([img for _, img in loaded])
+        kept: list[tuple[int, LoadedImage, Any, Any]] = []
         canon: list[list[np.ndarray]] = [[] for _ in self.members]
-        for (i, img), seg in zip(loaded, lungs, strict=True):
+        for (i, img), seg, view in zip(loaded, lungs, views, strict=True):
             mask = seg.mask if seg is not None else None
             try:  # the lung mask is computed once per image; every member crops with it
                 c = [m.preprocessing.canonical(img.pixels, mask) for m in self.members]
@@ -234,14 +237,14 @@ class Predictor:
                 name = describe(items[i])
                 results[i] = Prediction(name, None, error=_cannot_use(name, exc), error_reason="error")
                 continue
-            kept.append((i, img, seg))
+            kept.append((i, img, seg, view))
             for k, ck in enumerate(c):
                 canon[k].append(ck)
         if kept:
             probs, feats = self.probabilities([np.stack(ck) for ck in canon])
-            for j, (i, img, seg) in enumerate(kept):
+            for j, (i, img, seg, view) in enumerate(kept):
                 facts = seg.facts if seg is not None else None
-                warnings = self.guard.check(img, feats[j] if feats is not None else None, facts)
+                warnings = self.guard.check(img, feats[j] if feats is not None else None, facts, view)
                 results[i] = self._result(describe(items[i]), probs[j], warnings, facts)
         return [r for r in results if r is not None]
 
@@ -263,6 +266,17 @@ class Predictor:
                 "onnx", threads=getattr(self.members[0].backend, "threads", 2)
             )
         return self._segmenter.segment_many(images)
+
+    def check_views(self, images: list[LoadedImage]) -> list[Any]:
+        """The view check's :class:`~covidxray.viewcheck.ViewFacts` of decoded images (with the lung check:
+        both ask whether the image is a frontal chest X-ray), or Nones with ``lung_check=False``."""
+        if not images or not self.lung_check:
+            return [None] * len(images)
+        if self._view_check is None:
+            from covidxray.viewcheck import default_view_check
+
+            self._view_check = default_view_check(threads=getattr(self.members[0].backend, "threads", 2))
+        return self._view_check.facts([img.pixels for img in images])
 
     def _result(
         self, name: str | None, probs: np.ndarray, warnings: list[str], lungs: Any = None
@@ -353,6 +367,7 @@ class Predictor:
                 },
             },
             "lung_segmenter": default_segmenter_facts(),
+            "view_check": default_view_facts(),
             "intended_use": c.get("intended_use", ""),
             "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
             "backend": self.backend.name,
