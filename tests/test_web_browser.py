@@ -127,6 +127,10 @@ def test_browser_upload_shows_class_and_heatmap(served, data_root: Path):
             expect(page.locator("#model-card")).to_contain_text(
                 "Outlined by the covidxray lung segmenter lung-unet@"
             )
+            expect(page.locator("#model-card")).to_contain_text(
+                "Lateral views are flagged by the covidxray view check view-cnn@"
+            )
+            expect(page.locator("#model-card")).to_contain_text("with the lung check")
             expect(page.locator("#model-card")).to_contain_text('Operating point "balanced"')
             expect(page.locator("#model-card")).to_contain_text("this one decides")
             assert "chosen_on" not in page.locator("#model-card").inner_text()

@@ -72,6 +72,14 @@ function segmenterSentence(seg) {
   return `Outlined by the covidxray lung segmenter ${seg.version}` + (d ? ` (held-out Dice ${d}).` : ".");
 }
 
+function viewCheckSentence(vc) {
+  if (!vc || !vc.version) return null;
+  const at = ((vc.cv || {}).at || {})[String(vc.threshold)];
+  const cv = at ? ` (patient-grouped cross-validation: ${(100 * at.laterals_flagged).toFixed(0)}% of lateral views ` +
+    `flagged, ${(100 * at.laterals_flagged_with_lung_check).toFixed(0)}% with the lung check)` : "";
+  return `Lateral views are flagged by the covidxray view check ${vc.version} at p(lateral) \u2265 ${vc.threshold}${cv}.`;
+}
+
 function cardRows(card) {
   const rows = [
     ["What it does", `Sorts a chest X-ray into ${card.classes.map(displayName).join(", ")}.`],
@@ -95,6 +103,8 @@ function cardRows(card) {
   rows.push(["Network", net]);
   const seg = segmenterSentence(card.lung_segmenter);
   if (seg) rows.push(["Lung fields", seg]);
+  const view = viewCheckSentence(card.view_check);
+  if (view) rows.push(["View", view]);
   if (card.intended_use) rows.push(["Intended use", card.intended_use]);
   rows.push(["Version", `${card.version}${card.backend ? ` (${card.backend} backend)` : ""}`]);
   rows.push(["Notice", card.notice]);
