@@ -139,6 +139,9 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         training = load_bundle(members[fold][0] / "model").config.training
         f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
         f["averaged_epochs"] = training.get("averaged_epochs")
+        run_json = members[fold][0] / "run.json"
+        if run_json.is_file() and "group_dro_weights" in json.loads(run_json.read_text()):
+            f["group_dro_weights"] = json.loads(run_json.read_text())["group_dro_weights"]
         # in-source validation rows, sensitivity 0.95 (the rule the bundles used so far)
         val = (~held) & (split == "val")
         t_in = threshold_for_sensitivity(is_covid[val], p_all[val], 0.95)

@@ -433,6 +433,27 @@ def test_group_dro_moves_weight_to_the_worst_group_and_minimises_the_weighted_lo
         GroupDRO(np.array([0]), ["x"], 1.0).load_state_dict(dro.state_dict())
 
 
+def test_task_loss_rows_are_the_task_loss_row_by_row() -> None:
+    from covidxray.training.validation import task_loss, task_loss_rows
+
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 2, 2, 1, 0])
+    w = torch.tensor([2.0, 0.5, 1.0])
+    for weight in (None, w):
+        for smoothing in (0.0, 0.2):
+            rows = task_loss_rows(logits, y, weight, smoothing)
+            norm = len(y) if weight is None else float(weight[y].sum())
+            assert rows.shape == (6,)
+            assert float(rows.sum() / norm) == pytest.approx(
+                float(task_loss(logits, y, weight, smoothing)), 1e-6
+            )
+    one, yb = torch.randn(6, 1, generator=g), torch.tensor([0, 1, 1, 0, 1, 0])
+    for weight in (None, torch.tensor([1.0, 3.0])):
+        rows = task_loss_rows(one, yb, weight, 0.1)
+        norm = len(yb) if weight is None else float(weight[yb].sum())
+        assert float(rows.sum() / norm) == pytest.approx(float(task_loss(one, yb, weight, 0.1)), 1e-6)
+
+
 def test_group_dro_acts_is_recorded_checkpointed_and_validated(
     manifest: Path, plain: Path, tmp_path: Path
 ) -> None:
@@ -442,6 +463,10 @@ def test_group_dro_acts_is_recorded_checkpointed_and_validated(
             "--group-dro", "0.5", "--out", str(out), "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
     assert main(argv) == 0
     assert not torch.equal(_weights(out)["net.conv.conv1.weight"], _weights(plain)["net.conv.conv1.weight"])
+    same = train(
+        _cfg(manifest, tmp_path / "same", group_dro=0.5)
+    )  # the flag is the config field, nothing else
+    assert torch.equal(_weights(out)["net.conv.conv1.weight"], _weights(same)["net.conv.conv1.weight"])
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["group_dro"] == 0.5
     weights = run["group_dro_weights"]

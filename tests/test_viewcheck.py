@@ -34,9 +34,8 @@ def test_view_input_is_an_equalised_64px_thumbnail() -> None:
     assert x.shape == (VIEW_SIZE, VIEW_SIZE) and x.dtype == np.float32
     assert 0.0 <= x.min() < 0.05 and 0.95 < x.max() <= 1.0
     assert abs(float(x.mean()) - 0.5) < 0.05  # equalised: a flat histogram whatever the input's curve
-    assert np.array_equal(
-        x, view_input(np.linspace(0, 1, 300 * 200, dtype=np.float32).reshape(300, 200) ** 3)
-    )
+    with pytest.raises(ValueError, match="2-D grayscale image"):
+        view_input(np.zeros((8, 8, 3), np.float32))
 
 
 def test_shipped_view_check_loads_and_gives_probabilities() -> None:
@@ -49,6 +48,8 @@ def test_shipped_view_check_loads_and_gives_probabilities() -> None:
     assert p.shape == (3,) and np.all((p >= 0) & (p <= 1))
     assert np.allclose([check.lateral_probability([im])[0] for im in images], p, atol=1e-6)
     assert check.lateral_probability([]).shape == (0,)
+    facts = check.facts(images)
+    assert [f.lateral for f in facts] == [bool(q >= check.threshold) for q in p]
     assert config["cv"]["grouped_by"] == "patient" and config["cv"]["auc"] > 0.9
 
 
@@ -65,8 +66,8 @@ def test_guard_warns_on_a_lateral_view_with_the_numbers() -> None:
 
     img = LoadedImage(xray_like(256).astype(np.float32) / 255, "png", 8, "L")
     guard = InputGuard()
-    assert not any("lateral" in w for w in guard.check(img, view=ViewFacts(0.79, 0.8)))
-    (warning,) = [w for w in guard.check(img, view=ViewFacts(0.93, 0.8)) if "lateral" in w]
+    assert not any("lateral" in w for w in guard.check(img, view=ViewFacts(0.79, 0.8, False)))
+    (warning,) = [w for w in guard.check(img, view=ViewFacts(0.93, 0.8, True)) if "lateral" in w]
     assert "looks like a lateral view (p(lateral) 0.93 >= 0.80)" in warning and "frontal" in warning
 
 
@@ -89,6 +90,10 @@ def test_predictor_flags_real_lateral_views_and_not_jsrt_frontals(data_root: Pat
     front = predictor.predict_batch([str(p) for p in jsrt])
     assert sum(any("looks like a lateral view" in w for w in r.warnings) for r in lat) >= 10
     assert not any("looks like a lateral view" in w for r in front for w in r.warnings)
+    # the predictor judges the pixels the training tool read: load_image's, through view_input
+    (facts,) = predictor.check_views([load_image(laterals[0])])
+    expected = default_view_check().lateral_probability([load_image(laterals[0]).pixels])[0]
+    assert facts.lateral_probability == round(float(expected), 4)
     predictor.lung_check = False  # the view check runs with the lung check
     quiet = predictor.predict_batch([str(laterals[0])])
     assert not any("looks like a lateral view" in w for w in quiet[0].warnings)

@@ -58,8 +58,16 @@ def gather(root: Path, manifest: Path, negatives: int, seed: int) -> pd.DataFram
             if r["modality"] == "X-ray" and (r["view"] == "L" or r["view"] in FRONTAL) and p.is_file():
                 rows.append((str(p), int(r["view"] == "L"), "cohen", f"cohen:{r['patientid']}"))
     m = pd.read_csv(manifest)
+    missing = {"source", "path", "patient_id"} - set(m.columns)
+    if missing:
+        raise SystemExit(f"{manifest}: no column(s) {sorted(missing)}; make it with 'covidxray data build'")
     for src in ("radiography", "kermany"):
-        pick = m[m.source == src].sample(negatives, random_state=seed)
+        rows_of = m[m.source == src]
+        if len(rows_of) < negatives:
+            raise SystemExit(
+                f"{manifest}: {len(rows_of)} {src} images, fewer than --negatives {negatives}: lower --negatives"
+            )
+        pick = rows_of.sample(negatives, random_state=seed)
         rows += [(str(root / p), 0, src, pid) for p, pid in zip(pick.path, pick.patient_id, strict=True)]
     return pd.DataFrame(rows, columns=["path", "lateral", "group", "patient"])
 

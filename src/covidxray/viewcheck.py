@@ -39,7 +39,13 @@ class ViewCheckLoadError(RuntimeError):
 def view_input(pixels: np.ndarray) -> np.ndarray:
     """A grayscale float image (H, W) in [0, 1] -> the check's input (S, S) float32 in [0, 1]: 8-bit, resized
     (bilinear) to S = 64, histogram-equalised."""
-    a = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+    a = np.asarray(pixels, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(
+            f"the view check takes a 2-D grayscale image (H, W) in [0, 1], got an array of shape {a.shape}: "
+            "decode it with covidxray.imageio.load_image"
+        )
+    a = np.clip(a, 0.0, 1.0)
     im = Image.fromarray(np.round(a * 255).astype(np.uint8))
     im = ImageOps.equalize(im.resize((VIEW_SIZE, VIEW_SIZE), Image.Resampling.BILINEAR))
     return np.asarray(im, dtype=np.float32) / 255.0
@@ -62,14 +68,12 @@ def build_view_net():
 
 @dataclass(frozen=True)
 class ViewFacts:
-    """One image's lateral probability and the threshold it is judged against."""
+    """One image's lateral probability and the threshold it is judged against (``lateral``: the unrounded
+    probability reached it, as in the cross-validation that chose the threshold)."""
 
     lateral_probability: float
     threshold: float
-
-    @property
-    def lateral(self) -> bool:
-        return self.lateral_probability >= self.threshold
+    lateral: bool
 
 
 def view_warning(view: ViewFacts) -> str:
@@ -125,7 +129,10 @@ class ViewCheck:
         ]
 
     def facts(self, images: list[np.ndarray]) -> list[ViewFacts]:
-        return [ViewFacts(round(float(p), 4), self.threshold) for p in self.lateral_probability(images)]
+        return [
+            ViewFacts(round(float(p), 4), self.threshold, bool(p >= self.threshold))
+            for p in self.lateral_probability(images)
+        ]
 
 
 _DEFAULT: dict[int, ViewCheck] = {}

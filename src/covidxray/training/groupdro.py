@@ -8,14 +8,19 @@ with the groups = every (source, class) pair of the training split (``radiograph
 ``kermany/pneumonia``, ...): it keeps a distribution ``q`` over the groups and, at every step,
 
 - ``q_g <- q_g * exp(eta * L_g)``, normalised, with ``L_g`` the batch's mean loss over its rows of group ``g``
-  (groups absent from the batch keep their weight: exponent 0), then
+  (groups absent from the batch: exponent 0; kept as ``log q``, so a large step neither overflows nor leaves a
+  group stuck at 0), then
 - the loss to minimise is ``sum_g q_g L_g`` (Algorithm 1 of the paper, the online form of its code).
 
 ``eta`` is ``TrainConfig.group_dro`` (``--group-dro``; 0: off, the plain mean). The paper used 0.01 with strong
 regularisation (its point: without it, DRO fits the worst group's training images and generalises no better).
 ``q`` is part of the checkpoint (a resumed run continues with it) and its final value is recorded in run.json
 (``group_dro_weights``), so which groups the run found hardest can be read off. Under DDP the group means that
-move ``q`` are summed over the ranks first, so every rank holds the same ``q``.
+move ``q`` are summed over the ranks first, so every rank holds the same ``q``, and each rank's loss divides by
+the group's row count over all ranks (times the world size, as DDP averages the ranks' gradients), so the
+gradient is that of ``sum_g q_g L_g`` over the whole batch. Class weights (``class_weights auto`` with the
+shuffling sampler) multiply each row's loss before the group means, as they do in the plain loss; the recipe's
+balanced sampler makes them 1.
 """
 
 from __future__ import annotations
@@ -40,7 +45,13 @@ class GroupDRO:
         self.names = list(names)
         self.eta = float(eta)
         self.sync = sync
-        self.q = torch.full((len(names),), 1.0 / len(names), dtype=torch.float64)
+        # kept as log q (the update is additive there and q = softmax(log q)): exp(eta * L) neither overflows for
+        # a large step nor leaves a group at an exact 0 it cannot leave
+        self.log_q = torch.zeros(len(names), dtype=torch.float64)
+
+    @property
+    def q(self) -> torch.Tensor:
+        return torch.softmax(self.log_q, 0)
 
     @classmethod
     def for_split(cls, sources: np.ndarray, targets: np.ndarray, classes: tuple[str, ...], eta: float, **kw):
@@ -58,15 +69,17 @@ class GroupDRO:
         n = len(self.names)
         sums = torch.zeros(n, dtype=rows.dtype, device=rows.device).index_add(0, g, rows)
         counts = torch.bincount(g, minlength=n).to(rows.dtype)
-        means = sums / counts.clamp(min=1)
+        scale = torch.ones((), dtype=rows.dtype, device=rows.device)
         with torch.no_grad():
-            s, c = sums.detach().double().cpu(), counts.double().cpu()
+            s, c = sums.detach().clone(), counts.clone()
             if self.sync and dist.is_available() and dist.is_initialized():
                 dist.all_reduce(s)
                 dist.all_reduce(c)
-            seen = s / c.clamp(min=1)  # groups absent everywhere: 0, so exp(0) leaves them as they are
-            q = self.q * torch.exp(self.eta * seen)
-            self.q = q / q.sum()
+                scale = scale * dist.get_world_size()
+            seen = (s / c.clamp(min=1)).double().cpu()  # groups absent everywhere: 0, log q unchanged
+            self.log_q = self.log_q + self.eta * seen
+        # each group's mean over the rows of every rank: DDP averages the ranks' gradients, hence the world size
+        means = sums * scale / c.clamp(min=1)
         return (self.q.to(rows.dtype).to(rows.device) * means).sum()
 
     def weights(self) -> dict[str, float]:
@@ -74,9 +87,9 @@ class GroupDRO:
         return {name: round(float(w), 6) for name, w in zip(self.names, self.q, strict=True)}
 
     def state_dict(self) -> dict[str, object]:
-        return {"names": self.names, "q": self.q.clone()}
+        return {"names": self.names, "log_q": self.log_q.clone(), "q": self.q}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         if list(state["names"]) != self.names:  # type: ignore[arg-type]
             raise ValueError(f"checkpoint's groups {state['names']} differ from this run's {self.names}")
-        self.q = torch.as_tensor(state["q"], dtype=torch.float64).clone()
+        self.log_q = torch.as_tensor(state["log_q"], dtype=torch.float64).clone()
