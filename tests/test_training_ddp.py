@@ -51,3 +51,43 @@ def test_two_process_run_writes_one_bundle_with_whole_split_metrics(tmp_path: Pa
     assert val_metrics(logits, targets, cfg.classes)["val_loss"] == pytest.approx(
         history["val_loss"], rel=1e-4
     )
+
+
+def _dro_rank(rank: int, world: int, init: str, out: str) -> None:
+    """One rank of the GroupDRO check: its half of a batch, group means over both ranks, q and gradients saved."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from covidxray.training.groupdro import GroupDRO
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        groups = np.array([0, 0, 1, 2, 1, 0, 2, 2])
+        losses = torch.tensor([0.5, 1.0, 2.0, 0.2, 1.5, 0.7, 0.1, 0.4], requires_grad=True)
+        mine = np.arange(rank * 4, rank * 4 + 4)  # rank 0: rows 0-3 (group 2 once), rank 1: rows 4-7
+        dro = GroupDRO(groups, ["a", "b", "c"], 0.5, sync=True)
+        loss = dro.loss(losses[mine], mine)
+        loss.backward()
+        grad = losses.grad.clone()
+        dist.all_reduce(grad)
+        torch.save({"q": dro.q, "grad": grad / world}, f"{out}/rank{rank}.pt")  # DDP's averaged gradient
+    finally:
+        dist.destroy_process_group()
+
+
+def test_group_dro_under_ddp_is_the_whole_batchs_objective(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+    import torch.multiprocessing as mp
+
+    from covidxray.training.groupdro import GroupDRO
+
+    mp.spawn(_dro_rank, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    groups = np.array([0, 0, 1, 2, 1, 0, 2, 2])
+    losses = torch.tensor([0.5, 1.0, 2.0, 0.2, 1.5, 0.7, 0.1, 0.4], requires_grad=True)
+    one = GroupDRO(groups, ["a", "b", "c"], 0.5)  # one process, the whole batch
+    one.loss(losses, np.arange(8)).backward()
+    assert torch.allclose(r0["q"], r1["q"]) and torch.allclose(r0["q"], one.q)
+    assert torch.allclose(r0["grad"], losses.grad, atol=1e-6)
