@@ -21,6 +21,7 @@ LAYERS = (
             "covidxray.ensemble",
             "covidxray.errors",
             "covidxray.metrics",
+            "covidxray.onnxrt",
             "covidxray.vocabulary",
         ),
     ),

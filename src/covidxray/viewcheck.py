@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from covidxray.onnxrt import cpu_session, embedded_config
+
 VIEW_SIZE = 64
 DEFAULT_DIR = Path(__file__).with_name("default_view")
 ONNX_FILE = "model.onnx"
@@ -88,30 +90,17 @@ class ViewCheck:
     """The view check of a folder (``model.onnx`` with its config in the ONNX metadata), run with ONNX Runtime."""
 
     def __init__(self, path: str | os.PathLike | None = None, threads: int = 2):
-        import onnxruntime as ort
-
         p = Path(path) if path is not None else DEFAULT_DIR
         onnx_path = p / ONNX_FILE if p.is_dir() else p
         if not onnx_path.is_file():
             raise ViewCheckLoadError(
                 f"{onnx_path}: no view check here (make one with tools/train_view_check.py)"
             )
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, int(threads))
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime has its own exception types
-            raise ViewCheckLoadError(f"{onnx_path}: ONNX Runtime cannot load this file: {exc}") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if ONNX_CONFIG_KEY not in meta:
-            raise ViewCheckLoadError(
-                f"{onnx_path}: no '{ONNX_CONFIG_KEY}' metadata; not a covidxray view check"
-            )
-        self.config: dict[str, Any] = json.loads(meta[ONNX_CONFIG_KEY])
+        self.session = cpu_session(onnx_path, threads, ViewCheckLoadError)
+        self.config: dict[str, Any]
+        self.config, _ = embedded_config(
+            self.session, ONNX_CONFIG_KEY, onnx_path, ViewCheckLoadError, "not a covidxray view check"
+        )
         self.threshold = float(self.config["threshold"])
         self.source = str(onnx_path)
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from covidxray.bundle import CONFIG_FILE, ONNX_CONFIG_KEY, config_differences, config_digest
+from covidxray.onnxrt import cpu_session, embedded_config
 from covidxray.prediction.backend import ModelLoadError
 
 CONFIG_KEY = ONNX_CONFIG_KEY
@@ -24,12 +25,7 @@ OUTPUTS = ("probabilities", "features")
 
 def make_session(path: str | Path, threads: int = 2) -> ort.InferenceSession:
     """A CPU session with ``threads`` intra-op threads and every graph optimisation enabled."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return cpu_session(path, threads, ModelLoadError)
 
 
 def _refuse_stale(path: Path, embedded: dict[str, Any]) -> None:
@@ -57,16 +53,14 @@ class OnnxBackend:
 
     def __init__(self, path: str | Path, threads: int = 2):
         self.threads = max(1, int(threads))
-        try:
-            self.session = make_session(path, self.threads)
-        except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise ModelLoadError(f"{path}: ONNX Runtime cannot load this file: {exc}") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if CONFIG_KEY not in meta:
-            raise ModelLoadError(
-                f"{path}: no '{CONFIG_KEY}' metadata; this ONNX file was not written by 'covidxray export'"
-            )
-        self.config: dict[str, Any] = json.loads(meta[CONFIG_KEY])
+        self.session = make_session(path, self.threads)
+        self.config, meta = embedded_config(
+            self.session,
+            CONFIG_KEY,
+            path,
+            ModelLoadError,
+            "this ONNX file was not written by 'covidxray export'",
+        )
         _refuse_stale(Path(path), self.config)
         arch = self.config.get("architecture", {})
         self.version = (

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from covidxray.imageio import LoadedImage, load_image
+from covidxray.onnxrt import cpu_session, embedded_config
 from covidxray.preprocess import Preprocessing
 from covidxray.segmentation.masks import LungFacts, clean_mask, lung_facts
 
@@ -73,25 +74,10 @@ class _OnnxRunner:
     name = "onnx"
 
     def __init__(self, path: Path, threads: int):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=so, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime has its own exception types
-            raise SegmenterLoadError(f"{path}: ONNX Runtime cannot load this file: {exc}") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if ONNX_CONFIG_KEY not in meta:
-            raise SegmenterLoadError(
-                f"{path}: no '{ONNX_CONFIG_KEY}' metadata; not a covidxray lung segmenter"
-            )
-        self.config = json.loads(meta[ONNX_CONFIG_KEY])
+        self.session = cpu_session(path, threads, SegmenterLoadError)
+        self.config, _ = embedded_config(
+            self.session, ONNX_CONFIG_KEY, path, SegmenterLoadError, "not a covidxray lung segmenter"
+        )
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
