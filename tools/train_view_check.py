@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +29,9 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from covidxray import __version__
 from covidxray.about import NOT_FOR_CLINICAL_USE
 from covidxray.imageio import load_image
+from covidxray.onnxrt import export_checked
 from covidxray.viewcheck import (
     CONFIG_FILE,
     INPUT_NAME,
@@ -138,9 +136,7 @@ def lung_flags(paths: list[str]) -> np.ndarray:
 
 
 def export(net: torch.nn.Module, config: dict, path: Path) -> float:
-    """ONNX (dynamic batch) with the config in its metadata; returns max |p_onnx - p_torch|."""
-    import onnx
-    import onnxruntime as ort
+    """ONNX (dynamic batch) with the config in its metadata; returns max |p_onnx - p_torch| (checked <= 1e-5)."""
 
     class Prob(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):
@@ -150,27 +146,10 @@ def export(net: torch.nn.Module, config: dict, path: Path) -> float:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(self.inner(x))
 
-    graph = Prob(net).eval()
-    sample = torch.rand(2, 1, VIEW_SIZE, VIEW_SIZE, generator=torch.Generator().manual_seed(0))
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation note (it handles this graph)
-        torch.onnx.export(graph, (sample,), buf, dynamo=False, opset_version=17, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})  # fmt: skip
-    proto = onnx.load_from_string(buf.getvalue())
-    proto.metadata_props.add(key=ONNX_CONFIG_KEY, value=json.dumps(config))
-    proto.doc_string = f"covidxray view check {config['version']}. {NOT_FOR_CLINICAL_USE}"
-    proto.producer_name, proto.producer_version = "covidxray", __version__
-    onnx.save_model(proto, str(path))
-    x = np.random.default_rng(1).random((3, 1, VIEW_SIZE, VIEW_SIZE), dtype=np.float32)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        ref = graph(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0] - ref).max())
-    if diff > 1e-5:
-        raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e}")
-    return diff
+    return export_checked(
+        Prob(net), path, size=VIEW_SIZE, input_name=INPUT_NAME, output_name=OUTPUT_NAME, key=ONNX_CONFIG_KEY,
+        config=config, what="view check", tolerance=1e-5,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,3 +37,52 @@ def embedded_config(
     if key not in meta:
         raise error(f"{path}: no '{key}' metadata; {what}")
     return json.loads(meta[key]), meta
+
+
+def export_checked(
+    graph, path: str | os.PathLike, *, size: int, input_name: str, output_name: str, key: str,
+    config: dict[str, Any], what: str, tolerance: float, opset: int = 17,
+) -> float:  # fmt: skip
+    """Export a torch module taking (N, 1, size, size) to ONNX (dynamic batch) with ``config`` as JSON
+    under metadata ``key``, then run the file with ONNX Runtime on a random batch and return max |ONNX - torch|,
+    raising RuntimeError above ``tolerance``. Used by the lung segmenter's and the view check's training."""
+    import io
+    import warnings
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
+
+    graph = graph.eval()
+    sample = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # the TorchScript exporter's deprecation notes (it handles these graphs)
+        torch.onnx.export(
+            graph,
+            (sample,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.metadata_props.add(key=key, value=json.dumps(config))
+    proto.doc_string = f"covidxray {what} {config.get('version', '')}. {NOT_FOR_CLINICAL_USE}"
+    proto.producer_name, proto.producer_version = "covidxray", __version__
+    onnx.save_model(proto, str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).random((3, 1, size, size), dtype=np.float32)
+    with torch.inference_mode():
+        ref = graph(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(sess.run([output_name], {input_name: x})[0] - ref).max())
+    if diff > tolerance:
+        raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e}")
+    return diff

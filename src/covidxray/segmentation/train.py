@@ -24,7 +24,6 @@ import math
 import platform
 import string
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
+from covidxray.onnxrt import export_checked
 from covidxray.preprocess import Preprocessing
 from covidxray.segmentation.data import (
     COHEN,
@@ -354,39 +354,15 @@ def save_segmenter(
 
 def export_onnx(net: LungSegNet, config: dict[str, Any], path: Path, opset: int = 17) -> float:
     """ONNX export (dynamic batch), the config in its metadata; returns max |p_onnx - p_torch| (checked <= 1e-4)."""
-    import io
-
-    import onnx
-    import onnxruntime as ort
-
-    s = int(config["preprocessing"]["image_size"])
-    graph = SegProbabilities(net).eval()
-    sample = torch.rand(2, 1, s, s, generator=torch.Generator().manual_seed(0))
-    buf = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # the TorchScript exporter's deprecation notes (it handles this graph)
-        torch.onnx.export(
-            graph,
-            (sample,),
-            buf,
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )
-    proto = onnx.load_from_string(buf.getvalue())
-    proto.metadata_props.add(key=ONNX_CONFIG_KEY, value=json.dumps(config))
-    proto.doc_string = f"covidxray lung segmenter {config.get('version', '')}. {NOT_FOR_CLINICAL_USE}"
-    proto.producer_name, proto.producer_version = "covidxray", __version__
-    onnx.save_model(proto, str(path))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).random((3, 1, s, s), dtype=np.float32)
-    with torch.inference_mode():
-        ref = graph(torch.from_numpy(x)).numpy()
-    diff = float(np.abs(sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0] - ref).max())
-    if diff > 1e-4:
-        raise RuntimeError(f"{path}: ONNX Runtime differs from PyTorch by {diff:.2e}")
-    return diff
+    return export_checked(
+        SegProbabilities(net),
+        path,
+        size=int(config["preprocessing"]["image_size"]),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        key=ONNX_CONFIG_KEY,
+        config=config,
+        what="lung segmenter",
+        tolerance=1e-4,
+        opset=opset,
+    )
