@@ -39,6 +39,28 @@ def embedded_config(
     return json.loads(meta[key]), meta
 
 
+def torchscript_onnx(graph, sample, opset: int, input_name: str, output_names: list[str]):
+    """The ONNX ModelProto of ``graph`` from PyTorch's TorchScript exporter (``dynamo=False``), every input and
+    output with a dynamic batch axis. The caller sets ``torch.no_grad`` and silences the exporter's warnings."""
+    import io
+
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    torch.onnx.export(
+        graph,
+        (sample,),
+        buf,
+        dynamo=False,
+        opset_version=opset,
+        input_names=[input_name],
+        output_names=output_names,
+        dynamic_axes={input_name: {0: "batch"}, **{o: {0: "batch"} for o in output_names}},
+    )
+    return onnx.load_from_string(buf.getvalue())
+
+
 def export_checked(
     graph, path: str | os.PathLike, *, size: int, input_name: str, output_name: str, key: str,
     config: dict[str, Any], what: str, tolerance: float, opset: int = 17,
@@ -46,7 +68,6 @@ def export_checked(
     """Export a torch module taking (N, 1, size, size) to ONNX (dynamic batch) with ``config`` as JSON
     under metadata ``key``, then run the file with ONNX Runtime on a random batch and return max |ONNX - torch|,
     raising RuntimeError above ``tolerance``. Used by the lung segmenter's and the view check's training."""
-    import io
     import warnings
 
     import numpy as np
@@ -58,22 +79,11 @@ def export_checked(
 
     graph = graph.eval()
     sample = torch.rand(2, 1, size, size, generator=torch.Generator().manual_seed(0))
-    buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter(
             "ignore"
         )  # the TorchScript exporter's deprecation notes (it handles these graphs)
-        torch.onnx.export(
-            graph,
-            (sample,),
-            buf,
-            dynamo=False,
-            opset_version=opset,
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-        )
-    proto = onnx.load_from_string(buf.getvalue())
+        proto = torchscript_onnx(graph, sample, opset, input_name, [output_name])
     proto.metadata_props.add(key=key, value=json.dumps(config))
     proto.doc_string = f"covidxray {what} {config.get('version', '')}. {NOT_FOR_CLINICAL_USE}"
     proto.producer_name, proto.producer_version = "covidxray", __version__

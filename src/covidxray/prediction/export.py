@@ -12,7 +12,6 @@ back to the TorchScript exporter for networks it cannot handle.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import warnings
@@ -26,6 +25,7 @@ from torch import nn
 from covidxray.about import NOT_FOR_CLINICAL_USE, __version__
 from covidxray.bundle import WEIGHTS_FILE, BundleError, load_bundle, onnx_config_metadata
 from covidxray.models.base import XRayNet
+from covidxray.onnxrt import torchscript_onnx
 from covidxray.prediction.backend import ModelLoadError, weights_version
 from covidxray.prediction.onnx_backend import INPUT_NAME, OUTPUTS, VERSION_KEY, make_session
 from covidxray.preprocess import LUNGMASK_DILATION, Preprocessing
@@ -136,7 +136,6 @@ def export_onnx(
 def _to_onnx(graph: nn.Module, sample: torch.Tensor, opset: int):
     """The ONNX ModelProto of ``graph`` with a dynamic batch axis: the ``torch.export``-based exporter, or the
     TorchScript one (``dynamo=False``) for networks it cannot trace."""
-    import onnx
 
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
@@ -158,18 +157,7 @@ def _to_onnx(graph: nn.Module, sample: torch.Tensor, opset: int):
                 )
                 return program.model_proto
             except Exception:  # noqa: BLE001 - any failure of the new exporter: use the TorchScript one
-                buf = io.BytesIO()
-                torch.onnx.export(
-                    graph,
-                    (sample,),
-                    buf,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[INPUT_NAME],
-                    output_names=list(OUTPUTS),
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}},
-                )
-                return onnx.load_from_string(buf.getvalue())
+                return torchscript_onnx(graph, sample, opset, INPUT_NAME, list(OUTPUTS))
     finally:
         quiet.setLevel(level)
 

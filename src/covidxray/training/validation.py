@@ -19,6 +19,14 @@ from covidxray.training.dataset import SplitData, batch_inputs
 from covidxray.training.distributed import Dist, gather_rows
 
 
+def _sigmoid_rows(logits: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Each row's sigmoid BCE of "is the last class", the target smoothed towards 0.5 by ``smoothing``."""
+    target = targets.float()
+    if smoothing:
+        target = target * (1 - smoothing) + 0.5 * smoothing
+    return F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+
+
 def task_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -33,10 +41,7 @@ def task_loss(
     (PyTorch's rule), the sigmoid form the whole row by its true class's weight (the balanced sampler's weights
     are 1, so the recipe sees no difference)."""
     if logits.shape[-1] == 1:
-        target = targets.float()
-        if smoothing:
-            target = target * (1 - smoothing) + 0.5 * smoothing
-        per_row = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+        per_row = _sigmoid_rows(logits, targets, smoothing)
         if weight is None:
             return per_row.mean()
         w = weight[targets]
@@ -55,10 +60,7 @@ def task_loss_rows(
     """:func:`task_loss` row by row (N,), unnormalised: each row's loss times its class weight, as PyTorch's
     ``reduction="none"`` gives it (GroupDRO averages the rows of each group itself)."""
     if logits.shape[-1] == 1:
-        target = targets.float()
-        if smoothing:
-            target = target * (1 - smoothing) + 0.5 * smoothing
-        per_row = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+        per_row = _sigmoid_rows(logits, targets, smoothing)
         return per_row if weight is None else per_row * weight[targets]
     return F.cross_entropy(logits, targets, weight=weight, label_smoothing=smoothing, reduction="none")
 
