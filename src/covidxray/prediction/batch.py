@@ -11,8 +11,11 @@ import csv
 import glob
 import json
 import os
+import signal
+import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -326,14 +329,55 @@ class BatchSummary:
         return out
 
 
+@contextmanager
+def interrupts_between_rows() -> Iterator[Callable[[], bool]]:
+    """Hold a first Ctrl-C (SIGINT) until the caller asks; yields the "was one pressed?" check.
+
+    A row written but not yet counted (or counted but not written) would make the closing summary disagree with
+    the file. Inside this block a first SIGINT only sets a flag, which the caller turns into ``KeyboardInterrupt``
+    between rows; a second one interrupts at once, as before. Outside the main thread, or when SIGINT is not
+    Python's default handler (e.g. a server installed its own), nothing changes and the check is always False.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: False
+        return
+    pressed = False
+
+    def held(signum, frame):  # noqa: ARG001 - the signal module's handler signature
+        nonlocal pressed
+        if pressed:
+            raise KeyboardInterrupt
+        pressed = True
+
+    signal.signal(signal.SIGINT, held)
+    try:
+        yield lambda: pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def stream_rows(
     preds: Iterable[Prediction], writer: RowWriter, summary: BatchSummary
 ) -> Iterator[Prediction]:
-    """Write and count each prediction, passing it on (for a progress bar or Grad-CAM)."""
-    for pred in preds:
-        writer.write(pred)
-        summary.add(pred)
-        yield pred
+    """Write and count each prediction, passing it on (for a progress bar or Grad-CAM).
+
+    A Ctrl-C is honoured between rows (:func:`interrupts_between_rows`): every row in the output is counted in
+    ``summary`` and every counted row is in the output.
+    """
+    with interrupts_between_rows() as interrupted:
+        for pred in preds:
+            if interrupted():
+                raise KeyboardInterrupt
+            writer.write(pred)
+            summary.add(pred)
+            if interrupted():
+                raise KeyboardInterrupt
+            yield pred
+            if interrupted():  # pressed while the caller had the row: before the next image is read
+                raise KeyboardInterrupt
 
 
 def manifest_image_paths(manifest: str | os.PathLike, split: str | None = None) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from covidxray.bundle import BACKENDS, ONNX_FILE
@@ -266,9 +267,10 @@ def _predict_many(args: argparse.Namespace) -> int:
             stream, predictor.classes, jsonl=jsonl, header=not append, flush_every=1 if out else 256
         )
         preds = stream_rows(predictor.iter_predict(paths, batch_size=args.batch_size), writer, summary)
-        for pred in _progress(preds, len(paths), disable=args.no_progress):
-            if args.explain and pred.ok:
-                _write_explanation(predictor, pred.path, args.explain, explained)
+        with closing(preds):  # its Ctrl-C handler is restored even if an explanation fails
+            for pred in _progress(preds, len(paths), disable=args.no_progress):
+                if args.explain and pred.ok:
+                    _write_explanation(predictor, pred.path, args.explain, explained)
     except KeyboardInterrupt:
         interrupted = True
     finally:
