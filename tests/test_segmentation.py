@@ -219,6 +219,69 @@ def test_segment_cli_single_image_overlay_and_errors(jsrt_pairs, tmp_path, capsy
     assert main(["segment", "--image", str(jsrt_pairs[0].image), "--segmenter", str(tmp_path / "nope")]) == 5
 
 
+def test_segment_cli_ctrl_c_stops_at_a_batch_end_and_resume_finishes_the_same_table(
+    jsrt_pairs, tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while the second batch is segmented: that batch is finished (masks and rows together), the summary
+    counts the rows in lungs.csv, the resume command is printed, exit 130. The folder is not overwritten without
+    --resume/--overwrite; --resume (after a killed run's half-written line) ends with the table of a run never
+    interrupted."""
+    import os
+    import signal
+    import time
+
+    from covidxray.prediction import segment_cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in jsrt_pairs:
+        shutil_copy(p.image, src / p.image.name)
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    real_load = segment_cli._load
+
+    class InterruptedSegmenter:
+        def __init__(self, seg):
+            self.seg, self.calls = seg, 0
+
+        def segment_many(self, images):
+            self.calls += 1
+            if self.calls == 2:  # as a terminal's Ctrl-C would: the signal, mid-batch
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            return self.seg.segment_many(images)
+
+    out = tmp_path / "masks"
+    argv = ["segment", "--images", str(src), "--out", str(out), "--batch-size", "2"]
+    monkeypatch.setattr(segment_cli, "_load", lambda args: InterruptedSegmenter(real_load(args)))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(argv) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "lungs.csv")))
+    assert len(rows) == 4  # two whole batches of two
+    assert "interrupted: 4 of 5 images done, 1 left" in err
+    assert f"resume with: covidxray segment --images {src} --out {out} --batch-size 2 --resume" in err
+    assert all((out / r["mask"]).is_file() for r in rows if not r["error"])
+    monkeypatch.setattr(segment_cli, "_load", real_load)
+
+    assert main(argv) == 2  # not overwritten silently
+    assert "--resume" in capsys.readouterr().err
+    with open(out / "lungs.csv", "a") as fh:  # a killed run's half-written row: cut, that image done again
+        fh.write(f"{src / 'x.png'},x.png,12")
+    assert main([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "4 images already in" in err and "(appended)" in err
+    whole = tmp_path / "whole"
+    assert main(["segment", "--images", str(src), "--out", str(whole)]) == 0
+    assert (out / "lungs.csv").read_text() == (whole / "lungs.csv").read_text()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
+    assert main([*argv, "--overwrite"]) == 0
+    assert (out / "lungs.csv").read_text() == (whole / "lungs.csv").read_text()
+
+
 def test_segment_train_smoke_writes_a_loadable_segmenter(data_root, tmp_path):
     out = tmp_path / "seg"
     args = ["segment", "train", "--root", str(data_root), "--out", str(out), "--epochs", "1", "--max-images", "6",

@@ -186,7 +186,7 @@ def prepare_output(path: Path, append: bool = False) -> None:
         )
 
 
-def _drop_partial_last_line(path: Path) -> bool:
+def drop_partial_last_line(path: Path) -> bool:
     """Cut an incomplete last line (a run killed mid-write); True if something was cut."""
     size = path.stat().st_size
     if size == 0:
@@ -211,7 +211,7 @@ def read_done(path: Path, classes: list[str], jsonl: bool) -> set[str]:
     """
     if not path.exists() or path.stat().st_size == 0:
         return set()
-    _drop_partial_last_line(path)
+    drop_partial_last_line(path)
     done: set[str] = set()
     with open(path, encoding="utf-8", newline="") as f:
         if jsonl:
@@ -357,6 +357,18 @@ def interrupts_between_rows() -> Iterator[Callable[[], bool]]:
         yield lambda: pressed
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def resume_command(args) -> str:
+    """The command line that continues this run: the one given (``args.argv``, else ``sys.argv``), with
+    ``--resume`` and without ``--overwrite``."""
+    import shlex
+    import sys
+
+    argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--overwrite"]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["covidxray", *argv])
 
 
 def stream_rows(

@@ -161,16 +161,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise CLIError(str(exc), EXIT_USAGE) from exc
 
 
-def _resume_command(args: argparse.Namespace) -> str:
-    """The command line that continues this run: the one given, with --resume (and without --overwrite)."""
-    import shlex
-
-    argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--overwrite"]
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return shlex.join(["covidxray", *argv])
-
-
 def _predict_one(args: argparse.Namespace) -> int:
     import json
 
@@ -233,6 +223,7 @@ def _predict_many(args: argparse.Namespace) -> int:
         OutputError,
         RowWriter,
         read_done,
+        resume_command,
         scan_images,
         stream_rows,
     )
@@ -292,7 +283,7 @@ def _predict_many(args: argparse.Namespace) -> int:
         left = len(paths) - summary.total
         lines.append(f"interrupted: {summary.total} of {len(paths)} images done, {left} left")
         if out:
-            lines.append(f"resume with: {_resume_command(args)}")
+            lines.append(f"resume with: {resume_command(args)}")
         else:
             lines.append("to be able to resume, write to a file: --out preds.csv, then --resume")
     print("\n".join([*lines, NOT_FOR_CLINICAL_USE]), file=sys.stderr)

@@ -9,6 +9,10 @@ Contract (scripts depend on it):
 
 Bad files are reported as ``predict`` reports them: a row with an ``error`` that does not stop the run; exit 3
 when not one image could be read (or the single ``--image`` cannot be), 5 when the segmenter cannot be loaded.
+A folder that already holds a ``lungs.csv`` is not overwritten silently: ``--resume`` continues it (the images
+already in it are skipped, their mask names kept), ``--overwrite`` replaces it. Ctrl-C stops at the end of the
+batch being segmented: every row in ``lungs.csv`` has its mask, the summary counts exactly those rows, the command
+that resumes is printed, exit 130. The file is flushed batch by batch, so a killed run loses at most one batch.
 The ONNX backend (default) does not import torch.
 """
 
@@ -53,6 +57,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overlay", type=Path, metavar="PNG", help="with --image: the X-ray with the lung outline"
     )
     p.add_argument("--mask", type=Path, metavar="PNG", help="with --image: write the 0/255 mask here")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"with --images: continue --out's {CSV_NAME}, skipping its images",
+    )
+    again.add_argument(
+        "--overwrite", action="store_true", help=f"with --images: replace --out's {CSV_NAME} if it exists"
+    )
     p.add_argument(
         "--segmenter", metavar="DIR|ONNX", default=None, help="segmenter folder or .onnx (default: shipped)"
     )
@@ -121,6 +134,8 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.image:
         if args.out is not None:
             raise _fail("--out goes with --images; for one image use --mask FILE", "EXIT_USAGE")
+        if args.resume or args.overwrite:
+            raise _fail("--resume and --overwrite go with --images DIR --out DIR", "EXIT_USAGE")
         return _segment_one(args)
     args.segment_parser.print_usage(sys.stderr)
     raise _fail("give --image PATH or --images DIR --out DIR (or 'covidxray segment train')", "EXIT_USAGE")
@@ -168,8 +183,9 @@ def _segment_many(args: argparse.Namespace) -> int:
     from collections import Counter
 
     from covidxray.about import NOT_FOR_CLINICAL_USE
+    from covidxray.errors import EXIT_INTERRUPTED
     from covidxray.imageio import ImageLoadError, load_image
-    from covidxray.prediction.batch import find_images
+    from covidxray.prediction.batch import find_images, interrupts_between_rows, resume_command
 
     try:
         paths = find_images(args.images)
@@ -177,44 +193,42 @@ def _segment_many(args: argparse.Namespace) -> int:
         raise _fail(str(exc), "EXIT_INPUT") from exc
     if args.out.exists() and not args.out.is_dir():
         raise _fail(f"{args.out}: exists and is not a folder", "EXIT_USAGE")
+    table = args.out / CSV_NAME
+    append = table.is_file() and table.stat().st_size > 0
+    if append and not (args.resume or args.overwrite):
+        raise _fail(
+            f"{table} exists: pass --resume to continue it (its images are skipped) or --overwrite to replace it",
+            "EXIT_USAGE",
+        )
+    append = append and args.resume
+    done, used = _read_done(table) if append else ({}, set())
+    todo = [p for p in paths if p not in done]
     segmenter = _load(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
     quality: Counter = Counter()
     errors: Counter = Counter()
-    with open(args.out / CSV_NAME, "w", newline="", encoding="utf-8") as fh:
+    written = 0
+    interrupted = False
+    with open(table, "a" if append else "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for start in range(0, len(paths), args.batch_size):
-            loaded, rows = [], []
-            for path in paths[start : start + args.batch_size]:
-                row = dict.fromkeys(CSV_COLUMNS, "")
-                row["path"] = path
-                try:
-                    loaded.append((load_image(path), row))
-                except ImageLoadError as exc:
-                    row["error"] = str(exc)
-                    errors[exc.reason] += 1
-                rows.append(row)
-            segs = segmenter.segment_many([im for im, _ in loaded]) if loaded else []
-            for (image, row), seg in zip(loaded, segs, strict=True):
-                name = _unique_name(Path(row["path"]).stem, used)
-                _write_png(args.out / name, seg.png_array())
-                f = seg.facts
-                row.update(
-                    mask=name,
-                    width=image.width,
-                    height=image.height,
-                    area_fraction=f.area_fraction,
-                    components=f.components,
-                    balance=f.balance,
-                    quality=f.quality,
-                )
-                quality[f.quality] += 1
-            writer.writerows(rows)
-    done = sum(quality.values())
+        if not append:
+            writer.writeheader()
+        try:
+            # a first Ctrl-C is held to the end of the batch: its masks and rows are written together
+            with interrupts_between_rows() as pressed:
+                for start in range(0, len(todo), args.batch_size):
+                    if pressed():
+                        raise KeyboardInterrupt
+                    batch = todo[start : start + args.batch_size]
+                    rows = _segment_batch(segmenter, batch, args.out, used, quality, errors, load_image)
+                    writer.writerows(rows)
+                    fh.flush()
+                    written += len(rows)
+        except KeyboardInterrupt:
+            interrupted = True
+    done_now = sum(quality.values())
     lines = [
-        f"{len(paths)} images: {done} segmented ("
+        f"{written} images: {done_now} segmented ("
         + ", ".join(f"{k} {v}" for k, v in sorted(quality.items()))
         + ")"
     ]
@@ -224,11 +238,71 @@ def _segment_many(args: argparse.Namespace) -> int:
             + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
             + ")"
         )
-    lines.append(f"wrote {done} masks and {args.out / CSV_NAME}")
+    skipped = len(paths) - len(todo)
+    if skipped:
+        lines.append(f"{skipped} images already in {table} were skipped (--resume)")
+    lines.append(f"wrote {done_now} masks and {written} rows to {table}" + (" (appended)" if append else ""))
+    if interrupted:
+        lines.append(f"interrupted: {written} of {len(todo)} images done, {len(todo) - written} left")
+        lines.append(f"resume with: {resume_command(args)}")
     print("\n".join([*lines, NOT_FOR_CLINICAL_USE]), file=sys.stderr)
-    if done == 0:
-        raise _fail(f"none of the {len(paths)} images could be read", "EXIT_INPUT")
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if done_now == 0 and todo and not used:  # on --resume, the masks already written count
+        raise _fail(f"none of the {len(todo)} images could be read", "EXIT_INPUT")
     return 0
+
+
+def _segment_batch(segmenter, batch, out: Path, used: set[str], quality, errors, load_image) -> list[dict]:
+    """Segment one batch of paths: write each mask, return the rows (errors as rows) in input order."""
+    from covidxray.imageio import ImageLoadError
+
+    loaded, rows = [], []
+    for path in batch:
+        row = dict.fromkeys(CSV_COLUMNS, "")
+        row["path"] = path
+        try:
+            loaded.append((load_image(path), row))
+        except ImageLoadError as exc:
+            row["error"] = str(exc)
+            errors[exc.reason] += 1
+        rows.append(row)
+    segs = segmenter.segment_many([im for im, _ in loaded]) if loaded else []
+    for (image, row), seg in zip(loaded, segs, strict=True):
+        name = _unique_name(Path(row["path"]).stem, used)
+        _write_png(out / name, seg.png_array())
+        f = seg.facts
+        row.update(
+            mask=name,
+            width=image.width,
+            height=image.height,
+            area_fraction=f.area_fraction,
+            components=f.components,
+            balance=f.balance,
+            quality=f.quality,
+        )
+        quality[f.quality] += 1
+    return rows
+
+
+def _read_done(table: Path) -> tuple[dict[str, str], set[str]]:
+    """The rows of a ``lungs.csv`` that ``--resume`` continues: path -> mask name, and the mask names in use.
+
+    An incomplete last line (a killed run) is cut so that image is segmented again.
+    """
+    from covidxray.prediction.batch import drop_partial_last_line
+
+    drop_partial_last_line(table)
+    with open(table, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != CSV_COLUMNS:
+            raise _fail(
+                f"{table}: its columns {reader.fieldnames} are not those of 'covidxray segment' ({CSV_COLUMNS}); "
+                "cannot resume it: write to another --out folder or pass --overwrite",
+                "EXIT_USAGE",
+            )
+        done = {r["path"]: r["mask"] for r in reader}
+    return done, {m for m in done.values() if m}
 
 
 def _unique_name(stem: str, used: set[str]) -> str:
