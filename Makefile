@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 DATA_ROOT ?= ../shared/data
+# KERNELS=avx2 pins PyTorch/oneDNN/MKL to AVX2 kernels: the same weights on AVX2 and AVX512 machines (README)
+KERNELS ?= native
 
 .PHONY: setup run test bench lint format clean
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/covidxray run --root $(DATA_ROOT)
+	$(BIN)/covidxray --kernels $(KERNELS) run --root $(DATA_ROOT)
 
 test: setup
 	$(BIN)/python -m pytest -q

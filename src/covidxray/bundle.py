@@ -225,7 +225,9 @@ def build_network(config: BundleConfig) -> XRayNet:
 def _versions() -> dict[str, str]:
     import torch
 
-    return {
+    from covidxray.kernels import pinned_kernels
+
+    out = {
         "covidxray": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -233,6 +235,10 @@ def _versions() -> dict[str, str]:
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(),
     }
+    kernels = pinned_kernels()
+    if kernels:  # only when pinned (covidxray --kernels avx2): a native run's config.json is as before
+        out["kernels"] = kernels
+    return out
 
 
 def save_bundle(path: str | Path, model: XRayNet, config: BundleConfig) -> Path:
