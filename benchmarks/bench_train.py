@@ -9,7 +9,8 @@ then timed steps until 5 are done or the ~10 s budget is spent (at least 1). Pri
 
 ``--memory-format`` picks the tensor layout of the model and its input: ``nchw`` (PyTorch's default, the table's
 original figures), ``channels_last`` (what ``covidxray train`` uses) or ``both`` (each entry in both layouts, with
-the speed-up).
+the speed-up). ``--kernels avx2`` pins PyTorch, oneDNN and MKL to AVX2 kernels as ``covidxray --kernels avx2``
+does (set before torch loads); the JSON records the kernels torch used.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ import datetime as dt
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
+from covidxray.kernels import CHOICES, pin_kernels
 
-from covidxray.models import create_model, list_models
+# the pin is read by the libraries when they load, so it is set before torch is imported
+pin_kernels(sys.argv[sys.argv.index("--kernels") + 1] if "--kernels" in sys.argv[:-1] else "native")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from covidxray.models import create_model, list_models  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "bench_train.json"
@@ -90,6 +97,7 @@ def _write(out: Path, rows: list[dict], threads: int) -> None:
     meta = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": threads,
         "cpu_count": os.cpu_count(),
         "machine": _cpu_name(),
@@ -111,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-format", choices=("nchw", "channels_last", "both"), default="nchw")
+    ap.add_argument(
+        "--kernels",
+        choices=CHOICES,
+        default="native",
+        help="native (by CPU) or avx2 (pinned; as covidxray --kernels)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
