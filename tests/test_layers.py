@@ -20,6 +20,7 @@ LAYERS = (
             "covidxray.decision",
             "covidxray.ensemble",
             "covidxray.errors",
+            "covidxray.kernels",
             "covidxray.metrics",
             "covidxray.onnxrt",
             "covidxray.vocabulary",
