@@ -7,8 +7,8 @@ trains with seeded sampling"). These libraries read their limits from the enviro
 the pin is four environment variables set before ``torch`` is imported; child processes (data-loader workers,
 fold runs) inherit them. Measured (BENCHMARKS.md, "Same weights on AVX2 and AVX512 machines"): ``covidxray
 --kernels avx2 run`` on a 2-vCPU AMD EPYC with AVX512 gave the weights ``15e5752c…`` that ``covidxray run``
-gives natively on an AVX2 AMD EPYC, and the folds' held-out AUCs to the last digit, at about 1.7 times the
-native training time. An x86-64 CPU without AVX2, or another architecture (aarch64), cannot run these kernels:
+gives natively on an AVX2 AMD EPYC, and the folds' held-out AUCs to the last digit, in 1.16 times the native
+``make run`` time of the same machine. An x86-64 CPU without AVX2, or another architecture (aarch64), cannot run these kernels:
 there the pin changes nothing and the bundle's ``versions`` say so.
 """
 
