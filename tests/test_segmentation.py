@@ -282,6 +282,58 @@ def test_segment_cli_ctrl_c_stops_at_a_batch_end_and_resume_finishes_the_same_ta
     assert (out / "lungs.csv").read_text() == (whole / "lungs.csv").read_text()
 
 
+def test_segment_cli_second_ctrl_c_drops_the_batch_and_a_killed_header_starts_afresh(
+    jsrt_pairs, tmp_path, monkeypatch, capsys
+):
+    """A second Ctrl-C inside a batch interrupts at once: that batch is neither in lungs.csv nor in the summary.
+    A table cut to a half-written header (a run killed at its start) is resumed as a new one."""
+    import os
+    import signal
+    import time
+
+    from covidxray.prediction import segment_cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in jsrt_pairs[:3]:
+        shutil_copy(p.image, src / p.image.name)
+    (src / "broken.png").write_bytes(b"\x89PNG not really")  # read (and failed) in the batch that is dropped
+    real_load = segment_cli._load
+
+    class TwiceInterrupted:
+        def __init__(self, seg):
+            self.seg, self.calls = seg, 0
+
+        def segment_many(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                for _ in range(2):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)
+            return self.seg.segment_many(images)
+
+    out = tmp_path / "masks"
+    argv = ["segment", "--images", str(src), "--out", str(out), "--batch-size", "2"]
+    monkeypatch.setattr(segment_cli, "_load", lambda args: TwiceInterrupted(real_load(args)))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(argv) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err
+    assert len(list(csv.DictReader(open(out / "lungs.csv")))) == 2
+    assert "2 images: 2 segmented (ok 2)" in err and "interrupted: 2 of 4 images done, 2 left" in err
+    assert "could not be read" not in err  # broken.png's batch is not in the table, so not in the summary
+    monkeypatch.setattr(segment_cli, "_load", real_load)
+    assert main([*argv, "--resume"]) == 0
+    whole = tmp_path / "whole"
+    assert main(["segment", "--images", str(src), "--out", str(whole)]) == 0
+    assert (out / "lungs.csv").read_text() == (whole / "lungs.csv").read_text()
+    (out / "lungs.csv").write_text("path,mask,wid")  # killed while writing the header
+    assert main([*argv, "--resume"]) == 0
+    assert (out / "lungs.csv").read_text() == (whole / "lungs.csv").read_text()
+
+
 def test_segment_train_smoke_writes_a_loadable_segmenter(data_root, tmp_path):
     out = tmp_path / "seg"
     args = ["segment", "train", "--root", str(data_root), "--out", str(out), "--epochs", "1", "--max-images", "6",

@@ -200,8 +200,10 @@ def _segment_many(args: argparse.Namespace) -> int:
             f"{table} exists: pass --resume to continue it (its images are skipped) or --overwrite to replace it",
             "EXIT_USAGE",
         )
-    append = append and args.resume
-    done, used = _read_done(table) if append else ({}, set())
+    done, used = _read_done(table) if append and args.resume else ({}, set())
+    append = (
+        bool(args.resume) and table.is_file() and table.stat().st_size > 0
+    )  # _read_done may cut it to nothing
     todo = [p for p in paths if p not in done]
     segmenter = _load(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -220,10 +222,15 @@ def _segment_many(args: argparse.Namespace) -> int:
                     if pressed():
                         raise KeyboardInterrupt
                     batch = todo[start : start + args.batch_size]
-                    rows = _segment_batch(segmenter, batch, args.out, used, quality, errors, load_image)
+                    rows, batch_quality, batch_errors = _segment_batch(
+                        segmenter, batch, args.out, used, load_image
+                    )
                     writer.writerows(rows)
                     fh.flush()
+                    # counted once written: a second Ctrl-C inside a batch leaves it out of the table and the summary
                     written += len(rows)
+                    quality.update(batch_quality)
+                    errors.update(batch_errors)
         except KeyboardInterrupt:
             interrupted = True
     done_now = sum(quality.values())
@@ -253,10 +260,15 @@ def _segment_many(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_batch(segmenter, batch, out: Path, used: set[str], quality, errors, load_image) -> list[dict]:
-    """Segment one batch of paths: write each mask, return the rows (errors as rows) in input order."""
+def _segment_batch(segmenter, batch, out: Path, used: set[str], load_image):
+    """Segment one batch of paths: write each mask; return the rows (errors as rows) in input order and the
+    batch's counts of quality flags and of read errors by reason."""
+    from collections import Counter
+
     from covidxray.imageio import ImageLoadError
 
+    quality: Counter = Counter()
+    errors: Counter = Counter()
     loaded, rows = [], []
     for path in batch:
         row = dict.fromkeys(CSV_COLUMNS, "")
@@ -282,7 +294,7 @@ def _segment_batch(segmenter, batch, out: Path, used: set[str], quality, errors,
             quality=f.quality,
         )
         quality[f.quality] += 1
-    return rows
+    return rows, quality, errors
 
 
 def _read_done(table: Path) -> tuple[dict[str, str], set[str]]:
@@ -293,6 +305,8 @@ def _read_done(table: Path) -> tuple[dict[str, str], set[str]]:
     from covidxray.prediction.batch import drop_partial_last_line
 
     drop_partial_last_line(table)
+    if table.stat().st_size == 0:  # killed while writing the header: start afresh
+        return {}, set()
     with open(table, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames != CSV_COLUMNS:
