@@ -96,3 +96,18 @@ def test_a_pinned_training_records_its_kernels_and_on_avx512_trains_other_weight
     if NATIVE == "AVX512":
         a, b = load_file(str(pinned / "model.safetensors")), load_file(str(native / "model.safetensors"))
         assert any(not (a[k] == b[k]).all() for k in a), "AVX512 and AVX2 kernels gave the same weights"
+
+
+@needs_avx2
+def test_ray_trials_carry_the_pin_to_workers_ray_started(ray_local, monkeypatch) -> None:
+    """Ray's workers do not inherit this process's environment: the trials' tasks get the pin as a runtime_env, so
+    `covidxray --kernels avx2 crossval --engine ray` trains with the kernels it would use locally."""
+    from covidxray.evaluation.ray_trials import ray_runner
+    from covidxray.kernels import kernels_in_use
+
+    run = ray_runner(None, 1.0, log=lambda m: None)
+    if not any(k in os.environ for k in PINS["avx2"]):
+        assert run(kernels_in_use, [{}]) == [(NATIVE, None)]
+    for k, v in PINS["avx2"].items():
+        monkeypatch.setenv(k, v)
+    assert run(kernels_in_use, [{}]) == [("AVX2", "avx2")]

@@ -5,7 +5,9 @@ PyTorch, oneDNN and MKL each pick their float kernels by CPU: on an AVX512 machi
 an AVX2 one, and 20 epochs of training turn last-digit differences into another model (README, "The recipe
 trains with seeded sampling"). These libraries read their limits from the environment once, when they load, so
 the pin is four environment variables set before ``torch`` is imported; child processes (data-loader workers,
-fold runs) inherit them. Measured (BENCHMARKS.md, "Same weights on AVX2 and AVX512 machines"): ``covidxray
+fold runs) inherit them, and the trials of ``crossval`` / ``compare --engine ray`` get them as a Ray
+``runtime_env`` (:func:`ray_runtime_env`), since Ray starts its workers itself. (``predict --engine ray`` does
+not: inference kernels move probabilities in their last digits only.) Measured (BENCHMARKS.md, "Same weights on AVX2 and AVX512 machines"): ``covidxray
 --kernels avx2 run`` on a 2-vCPU AMD EPYC with AVX512 gave the weights ``15e5752c…`` that ``covidxray run``
 gives natively on an AVX2 AMD EPYC, and the folds' held-out AUCs to the last digit, in 1.16 times the native
 ``make run`` time of the same machine. An x86-64 CPU without AVX2, or another architecture (aarch64), cannot run these kernels:
@@ -53,6 +55,20 @@ def pin_kernels(name: str) -> None:
             f"--kernels {name}, or set {settings} in the environment before Python starts"
         )
     os.environ.update(env)
+
+
+def ray_runtime_env() -> dict[str, dict[str, str]] | None:
+    """The Ray ``runtime_env`` that carries the pin to a cluster's workers (they are started by Ray, not by this
+    process, so they do not inherit its environment); None when nothing is pinned."""
+    name = pinned_kernels()
+    return {"env_vars": dict(PINS[name])} if name else None
+
+
+def kernels_in_use() -> tuple[str, str | None]:
+    """(the CPU capability torch runs, the pin set in the environment or None); imports torch."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability(), pinned_kernels()
 
 
 def pinned_kernels() -> str | None:

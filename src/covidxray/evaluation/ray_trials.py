@@ -96,7 +96,14 @@ def ray_runner(
             return []
         started, ray = connect(address, log)
         try:
-            task = ray.remote(num_cpus=num_cpus, max_retries=0)(_in_directory)
+            from covidxray.kernels import ray_runtime_env
+
+            options: dict[str, Any] = {"num_cpus": num_cpus, "max_retries": 0}
+            if (
+                ray_runtime_env()
+            ):  # covidxray --kernels avx2: the trials train with the same kernels as locally
+                options["runtime_env"] = ray_runtime_env()
+            task = ray.remote(**options)(_in_directory)
             cwd = os.getcwd()
             refs = [task.remote(cwd, fn, dict(kwargs)) for kwargs in calls]
             names = {ref: describe(kwargs) for ref, kwargs in zip(refs, calls, strict=True)}
