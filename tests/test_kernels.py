@@ -63,6 +63,9 @@ def test_the_pin_refuses_once_torch_is_loaded_with_other_kernels(monkeypatch, tm
     assert main(["--kernels", "avx2", "train", "--manifest", str(tmp_path / "m.csv")]) == 2
     err = capsys.readouterr().err
     assert "start a new process with --kernels avx2" in err and "ATEN_CPU_CAPABILITY=avx2" in err
+    # after the command too: the same flag, the same refusal
+    assert main(["train", "--manifest", str(tmp_path / "m.csv"), "--kernels", "avx2"]) == 2
+    assert "start a new process with --kernels avx2" in capsys.readouterr().err
     for k, v in PINS["avx2"].items():  # set before Python started: accepted
         monkeypatch.setenv(k, v)
     pin_kernels("avx2")

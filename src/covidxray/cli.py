@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    for command in sub.choices.values():  # also after the command (covidxray run --kernels avx2)
+        command.add_argument(
+            "--kernels",
+            choices=CHOICES,
+            default=argparse.SUPPRESS,
+            help="as covidxray --kernels (before the command)",
+        )
     return parser
 
 
