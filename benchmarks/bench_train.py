@@ -26,8 +26,11 @@ from pathlib import Path
 
 from covidxray.kernels import CHOICES, pin_kernels
 
-# the pin is read by the libraries when they load, so it is set before torch is imported
-pin_kernels(sys.argv[sys.argv.index("--kernels") + 1] if "--kernels" in sys.argv[:-1] else "native")
+# the pin is read by the libraries when they load, so it is set before torch is imported (argparse reads the flag
+# here as main() does, so --kernels=avx2 works too)
+_early = argparse.ArgumentParser(add_help=False)
+_early.add_argument("--kernels", choices=CHOICES, default="native")
+pin_kernels(_early.parse_known_args(sys.argv[1:])[0].kernels)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

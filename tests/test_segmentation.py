@@ -219,6 +219,51 @@ def test_segment_cli_single_image_overlay_and_errors(jsrt_pairs, tmp_path, capsy
     assert main(["segment", "--image", str(jsrt_pairs[0].image), "--segmenter", str(tmp_path / "nope")]) == 5
 
 
+def _folder_with_a_broken_file(tmp_path: Path, pairs) -> Path:
+    """A folder of the pairs' X-rays and ``broken.png`` (sorted last: it lands in the last batch)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in pairs:
+        shutil_copy(p.image, src / p.image.name)
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    return src
+
+
+def _segment_with_ctrl_c(monkeypatch, argv: list[str], presses: int) -> int:
+    """``covidxray segment`` with ``presses`` Ctrl-Cs (real SIGINTs, as from a terminal) sent while the second batch
+    is segmented; the exit code. Afterwards the shipped segmenter loads as usual and SIGINT is Python's default
+    handler again."""
+    import os
+    import signal
+    import time
+
+    from covidxray.prediction import segment_cli
+
+    real_load = segment_cli._load
+
+    class Interrupted:
+        def __init__(self, seg):
+            self.seg, self.calls = seg, 0
+
+        def segment_many(self, images):
+            self.calls += 1
+            if self.calls == 2:
+                for _ in range(presses):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)
+            return self.seg.segment_many(images)
+
+    monkeypatch.setattr(segment_cli, "_load", lambda args: Interrupted(real_load(args)))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc = main(argv)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        monkeypatch.setattr(segment_cli, "_load", real_load)
+    return rc
+
+
 def test_segment_cli_ctrl_c_stops_at_a_batch_end_and_resume_finishes_the_same_table(
     jsrt_pairs, tmp_path, monkeypatch, capsys
 ):
@@ -226,46 +271,16 @@ def test_segment_cli_ctrl_c_stops_at_a_batch_end_and_resume_finishes_the_same_ta
     counts the rows in lungs.csv, the resume command is printed, exit 130. The folder is not overwritten without
     --resume/--overwrite; --resume (after a killed run's half-written line) ends with the table of a run never
     interrupted."""
-    import os
-    import signal
-    import time
-
-    from covidxray.prediction import segment_cli
-
-    src = tmp_path / "in"
-    src.mkdir()
-    for p in jsrt_pairs:
-        shutil_copy(p.image, src / p.image.name)
-    (src / "broken.png").write_bytes(b"\x89PNG not really")
-    real_load = segment_cli._load
-
-    class InterruptedSegmenter:
-        def __init__(self, seg):
-            self.seg, self.calls = seg, 0
-
-        def segment_many(self, images):
-            self.calls += 1
-            if self.calls == 2:  # as a terminal's Ctrl-C would: the signal, mid-batch
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.05)
-            return self.seg.segment_many(images)
-
+    src = _folder_with_a_broken_file(tmp_path, jsrt_pairs)
     out = tmp_path / "masks"
     argv = ["segment", "--images", str(src), "--out", str(out), "--batch-size", "2"]
-    monkeypatch.setattr(segment_cli, "_load", lambda args: InterruptedSegmenter(real_load(args)))
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert main(argv) == 130
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert _segment_with_ctrl_c(monkeypatch, argv, presses=1) == 130
     err = capsys.readouterr().err
     rows = list(csv.DictReader(open(out / "lungs.csv")))
     assert len(rows) == 4  # two whole batches of two
     assert "interrupted: 4 of 5 images done, 1 left" in err
     assert f"resume with: covidxray segment --images {src} --out {out} --batch-size 2 --resume" in err
     assert all((out / r["mask"]).is_file() for r in rows if not r["error"])
-    monkeypatch.setattr(segment_cli, "_load", real_load)
 
     assert main(argv) == 2  # not overwritten silently
     assert "--resume" in capsys.readouterr().err
@@ -287,44 +302,15 @@ def test_segment_cli_second_ctrl_c_drops_the_batch_and_a_killed_header_starts_af
 ):
     """A second Ctrl-C inside a batch interrupts at once: that batch is neither in lungs.csv nor in the summary.
     A table cut to a half-written header (a run killed at its start) is resumed as a new one."""
-    import os
-    import signal
-    import time
-
-    from covidxray.prediction import segment_cli
-
-    src = tmp_path / "in"
-    src.mkdir()
-    for p in jsrt_pairs[:3]:
-        shutil_copy(p.image, src / p.image.name)
-    (src / "broken.png").write_bytes(b"\x89PNG not really")  # read (and failed) in the batch that is dropped
-    real_load = segment_cli._load
-
-    class TwiceInterrupted:
-        def __init__(self, seg):
-            self.seg, self.calls = seg, 0
-
-        def segment_many(self, images):
-            self.calls += 1
-            if self.calls == 2:
-                for _ in range(2):
-                    os.kill(os.getpid(), signal.SIGINT)
-                    time.sleep(0.05)
-            return self.seg.segment_many(images)
-
+    # broken.png is read (and fails) in the second batch, the one that is dropped
+    src = _folder_with_a_broken_file(tmp_path, jsrt_pairs[:3])
     out = tmp_path / "masks"
     argv = ["segment", "--images", str(src), "--out", str(out), "--batch-size", "2"]
-    monkeypatch.setattr(segment_cli, "_load", lambda args: TwiceInterrupted(real_load(args)))
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        assert main(argv) == 130
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert _segment_with_ctrl_c(monkeypatch, argv, presses=2) == 130
     err = capsys.readouterr().err
     assert len(list(csv.DictReader(open(out / "lungs.csv")))) == 2
     assert "2 images: 2 segmented (ok 2)" in err and "interrupted: 2 of 4 images done, 2 left" in err
     assert "could not be read" not in err  # broken.png's batch is not in the table, so not in the summary
-    monkeypatch.setattr(segment_cli, "_load", real_load)
     assert main([*argv, "--resume"]) == 0
     whole = tmp_path / "whole"
     assert main(["segment", "--images", str(src), "--out", str(whole)]) == 0

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=NATIVE,
         help="CPU kernels for PyTorch, oneDNN and MKL: 'native' (default) lets them pick by CPU, so weights trained "
         "on an AVX512 machine differ from an AVX2 one's; 'avx2' pins AVX2 kernels, giving the same weights on "
-        "both (make run about 1.2x slower on AVX512). Put it before the command: covidxray --kernels avx2 run",
+        "both (make run about 1.2x slower on AVX512). Before or after the command: covidxray --kernels avx2 run",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--kernels",
             choices=CHOICES,
             default=argparse.SUPPRESS,
-            help="as covidxray --kernels (before the command)",
+            help="as covidxray --kernels avx2 COMMAND: native (by CPU) or avx2 (the same weights on AVX2 and AVX512)",
         )
     return parser
 

@@ -7,11 +7,13 @@ trains with seeded sampling"). These libraries read their limits from the enviro
 the pin is four environment variables set before ``torch`` is imported; child processes (data-loader workers,
 fold runs) inherit them, and the trials of ``crossval`` / ``compare --engine ray`` get them as a Ray
 ``runtime_env`` (:func:`ray_runtime_env`), since Ray starts its workers itself. (``predict --engine ray`` does
-not: inference kernels move probabilities in their last digits only.) Measured (BENCHMARKS.md, "Same weights on AVX2 and AVX512 machines"): ``covidxray
---kernels avx2 run`` on a 2-vCPU AMD EPYC with AVX512 gave the weights ``15e5752c…`` that ``covidxray run``
-gives natively on an AVX2 AMD EPYC, and the folds' held-out AUCs to the last digit, in 1.16 times the native
-``make run`` time of the same machine. An x86-64 CPU without AVX2, or another architecture (aarch64), cannot run these kernels:
-there the pin changes nothing and the bundle's ``versions`` say so.
+not: inference kernels move probabilities in their last digits only.)
+
+Measured (BENCHMARKS.md, "Same weights on AVX2 and AVX512 machines"): ``covidxray --kernels avx2 run`` on a
+2-vCPU AMD EPYC with AVX512 gave the weights ``15e5752c…`` that ``covidxray run`` gives natively on an AVX2 AMD
+EPYC, and the folds' held-out AUCs to the last digit, in 1.16 times the native ``make run`` time of the same
+machine. An x86-64 CPU without AVX2, or another architecture (aarch64), cannot run these kernels: there the pin
+changes nothing and the bundle's ``versions`` say so.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def pin_kernels(name: str) -> None:
         raise ValueError(f"unknown kernels {name!r}: choose one of {', '.join(CHOICES)}")
     env = PINS[name]
     if "torch" in sys.modules:
-        if all(os.environ.get(k) == v for k, v in env.items()):
+        if pinned_kernels() == name:
             return
         settings = " ".join(f"{k}={v}" for k, v in env.items())
         raise KernelPinError(

@@ -142,8 +142,9 @@ class Steps:
         from covidxray.kernels import pinned_kernels
 
         stamp = self.stamp_dir / f"{name}.json"
-        if pinned_kernels():  # other kernels, other results: a pinned run does not reuse a native run's steps
-            inputs = {**inputs, "kernels": pinned_kernels()}
+        kernels = pinned_kernels()
+        if kernels:  # other kernels, other results: a pinned run does not reuse a native run's steps
+            inputs = {**inputs, "kernels": kernels}
         key = hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
         if not self.force and output.exists() and stamp.is_file():
             if json.loads(stamp.read_text()).get("key") == key:

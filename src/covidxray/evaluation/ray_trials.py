@@ -99,10 +99,9 @@ def ray_runner(
             from covidxray.kernels import ray_runtime_env
 
             options: dict[str, Any] = {"num_cpus": num_cpus, "max_retries": 0}
-            if (
-                ray_runtime_env()
-            ):  # covidxray --kernels avx2: the trials train with the same kernels as locally
-                options["runtime_env"] = ray_runtime_env()
+            pin = ray_runtime_env()
+            if pin:  # covidxray --kernels avx2: the trials train with the same kernels as locally
+                options["runtime_env"] = pin
             task = ray.remote(**options)(_in_directory)
             cwd = os.getcwd()
             refs = [task.remote(cwd, fn, dict(kwargs)) for kwargs in calls]

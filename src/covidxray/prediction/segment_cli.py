@@ -194,16 +194,15 @@ def _segment_many(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise _fail(f"{args.out}: exists and is not a folder", "EXIT_USAGE")
     table = args.out / CSV_NAME
-    append = table.is_file() and table.stat().st_size > 0
-    if append and not (args.resume or args.overwrite):
+    exists = table.is_file() and table.stat().st_size > 0
+    if exists and not (args.resume or args.overwrite):
         raise _fail(
             f"{table} exists: pass --resume to continue it (its images are skipped) or --overwrite to replace it",
             "EXIT_USAGE",
         )
-    done, used = _read_done(table) if append and args.resume else ({}, set())
-    append = (
-        bool(args.resume) and table.is_file() and table.stat().st_size > 0
-    )  # _read_done may cut it to nothing
+    done, used = _read_done(table) if exists and args.resume else ({}, set())
+    # continued only if something is left once _read_done has cut a half-written line
+    append = exists and args.resume and table.stat().st_size > 0
     todo = [p for p in paths if p not in done]
     segmenter = _load(args)
     args.out.mkdir(parents=True, exist_ok=True)
