@@ -7,6 +7,8 @@ For each row folder ``runs/gen/ROW`` with runs ``cohen/`` and ``radiography/`` (
 probabilities averaged, features side by side):
 
 - out-of-source COVID ROC AUC per fold (every image of the held-out source; 95 % patient-bootstrap interval);
+- the same AUC against each kind of negative of the held-out source alone (COVID-19 against its normals, against
+  its pneumonia): where the out-of-source AUC is lost;
 - sensitivity / specificity on the held-out source at operating points chosen **without** that source: on the
   other fold's out-of-source predictions (``travel``: highest min(sensitivity, specificity) there), and, for
   contrast, on the fold's own in-source validation rows at sensitivity 0.95 (the old rule, ``in-source``); and
@@ -136,6 +138,14 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         p_all, _, p_jsrt = preds[fold]
         held = src == fold
         f = {"auc_out": auc_ci(is_covid[held], p_all[held], pid[held])}
+        # where the out-of-source AUC is lost: COVID-19 against each kind of negative of the held-out source
+        f["auc_out_against"] = {}
+        for neg in sorted(set(labels[held & ~is_covid])):
+            m = held & (is_covid | (labels == neg))
+            f["auc_out_against"][neg] = {
+                "n_negative": int((m & ~is_covid).sum()),
+                **auc_ci(is_covid[m], p_all[m], pid[m]),
+            }
         training = load_bundle(members[fold][0] / "model").config.training
         f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
         f["averaged_epochs"] = training.get("averaged_epochs")
@@ -282,6 +292,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def against_table(rows: list[dict]) -> str:
+    """Out-of-source COVID AUC against each kind of negative of the held-out source (normal, pneumonia)."""
+    lines = [
+        "| row | held-out source | COVID-19 against | negatives | COVID AUC out-of-source |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for fold in FOLDS:
+            for neg, m in r["folds"].get(fold, {}).get("auc_out_against", {}).items():
+                lines.append(f"| {r['row']} | {fold} | {neg} | {m['n_negative']} | {fmt(m)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("rows", nargs="+", help="row names (folders under --runs)")
@@ -311,6 +334,8 @@ def main() -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(old, indent=2) + "\n")
     print(table(results))
+    print()
+    print(against_table(results))
     print(f"wrote {a.out}")
     if a.store_points:
         from covidxray.bundle import set_operating_points

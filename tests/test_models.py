@@ -19,7 +19,7 @@ from covidxray.models import (
     load_pretrained,
 )
 from covidxray.models.mobilenet import MobileNetV2Backbone
-from covidxray.models.seed_cnns import MixStyle
+from covidxray.models.seed_cnns import MixStyle, PatchClassifier, seed_cnn6
 
 SIZE = 64
 EXPECTED = {
@@ -27,6 +27,7 @@ EXPECTED = {
     "seed_cnn6_in",
     "seed_cnn6_gap",
     "seed_cnn6_mixstyle",
+    "seed_cnn6_patch",
     "seed_cnn422k",
     "seed_cnn2",
     "densenet121",
@@ -159,6 +160,54 @@ def test_seed_cnn6_gap_pools_away_position_and_takes_any_size() -> None:
         assert torch.allclose(model(x), model(moved), atol=1e-5)
         flat = create_model("seed_cnn6", num_classes=3, image_size=96).eval()
         assert not torch.allclose(flat(x), flat(moved), atol=1e-5)
+
+
+def test_seed_cnn6_patch_trains_on_one_random_patch_and_predicts_with_the_lattices_mean_logit() -> None:
+    torch.manual_seed(0)
+    model = create_model("seed_cnn6_patch", num_classes=3, image_size=96)
+    assert model.patch == 48 and model.offsets(96) == [0, 24, 48]
+    x = torch.rand(3, 1, 96, 96)
+
+    def patch_logits(a: int, b: int) -> torch.Tensor:
+        return model.head(model.patch_net.features(x[:, :, a : a + 48, b : b + 48]))
+
+    with torch.no_grad():
+        model.eval()
+        lattice = torch.stack([patch_logits(a, b) for a in (0, 24, 48) for b in (0, 24, 48)]).mean(0)
+        assert torch.allclose(model(x), lattice, atol=1e-6)
+        # not one patch's answer, nor the whole image squeezed into one patch
+        assert not torch.allclose(model(x), patch_logits(24, 24), atol=1e-4)
+        assert torch.equal(model(x[:, :, :48, :48]), patch_logits(0, 0))  # a patch-sized input is one patch
+        # training: one patch per image at a place drawn from torch's generator (dropout off to compare)
+        model.train()
+        model.patch_net.fc.dropout.p = 0.0
+        torch.manual_seed(5)
+        out = model(x)
+        torch.manual_seed(5)
+        at = torch.randint(0, 49, (3, 2)).tolist()
+        one = [
+            model.head(model.patch_net.features(x[i : i + 1, :, a : a + 48, b : b + 48]))
+            for i, (a, b) in enumerate(at)
+        ]
+        assert torch.allclose(out, torch.cat(one), atol=1e-6)
+        assert len({tuple(a) for a in at}) > 1
+
+
+def test_seed_cnn6_patch_gradcam_puts_each_patch_at_its_place() -> None:
+    torch.manual_seed(0)
+    # one patch in the middle of an image twice its side: the heat map is zero away from that patch
+    model = PatchClassifier(seed_cnn6(3, 1, image_size=32), image_size=64, grid=1).eval()
+    assert model.offsets(64) == [16]
+    cam = GradCAM(nn_module=XRayNet(model, 0.5, 0.25, 3).eval(), target_layers="net.stitch")
+    x = torch.rand(1, 1, 64, 64)
+    assert cam(x).shape == (1, 1, 64, 64)
+    # the map before upsampling, one cell per 8 px: the patch covers cells 2-5 of 8
+    maps = [cam.compute_map(x, class_idx=k)[0, 0] for k in range(3)]  # 0 where a class's evidence is negative
+    assert all(m.shape == (8, 8) for m in maps)
+    assert max(float(m[2:6, 2:6].max()) for m in maps) > 0
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:6, 2:6] = False
+    assert max(float(m[outside].abs().max()) for m in maps) == 0.0
 
 
 def test_mixstyle_restyles_shallow_features_in_training_only() -> None:

@@ -157,6 +157,32 @@ def test_holdout_source_is_scored_every_epoch_without_changing_training(
     assert all(torch.equal(w[k], wb[k]) for k in w)
 
 
+def test_holdout_final_only_scores_the_held_out_source_once_and_trains_the_same_weights(
+    manifest: Path, tmp_path: Path
+) -> None:
+    """--holdout-final-only (for models slow at inference): no per-epoch holdout columns, the held-out source
+    scored once on the final (averaged) weights, and the same weights as the run that scores every epoch."""
+    every = train(
+        _cfg(manifest, tmp_path / "every", holdout_source="a", epochs=2, patience=0, average_from=1)
+    )
+    out = tmp_path / "final"
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--patience", "0", "--average-from", "1", "--holdout-source", "a", "--holdout-final-only",
+            "--out", str(out), "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    info, info_every = (json.loads((r / "run.json").read_text()) for r in (out, every))
+    assert (
+        info["config"]["holdout_final_only"] is True and info_every["config"]["holdout_final_only"] is False
+    )
+    assert "holdout_auc_covid" in (every / "history.csv").read_text().splitlines()[0]
+    assert "holdout_auc_covid" not in (out / "history.csv").read_text()
+    assert info["averaged_holdout"] == info_every["averaged_holdout"]
+    assert 0 <= info["averaged_holdout"]["holdout_auc_covid"] <= 1
+    w, we = _weights(out), _weights(every)
+    assert all(torch.equal(w[k], we[k]) for k in w)
+
+
 def test_epoch_weights_reselect_and_select_epoch_keep_the_chosen_epoch(
     manifest: Path, tmp_path: Path
 ) -> None:

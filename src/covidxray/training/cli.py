@@ -78,6 +78,8 @@ HELP: dict[str, str] = {
     "blur/sharpen, noise, JPEG, down-up sampling, border crop/pad, corner boxes); 0: off",
     "epoch_weights": "also keep every epoch's weights (epochs/epoch-NNN.safetensors), so the epoch can be chosen "
     "afterwards on out-of-source figures (covidxray.training.trainer.reselect_epoch)",
+    "holdout_final_only": "with --holdout-source: score the held-out source once at the end, not after every "
+    "epoch (for models slow at inference; the same weights, no per-epoch holdout columns in the history)",
     "source_power": "balanced sampler: within a label, each source is drawn in proportion to its image count to "
     "this power (0: every source equally, 0.5: square root, 1: every image equally)",
     "label_smoothing": "label smoothing: this share of each training target is spread evenly over the classes "

@@ -138,6 +138,9 @@ class TrainConfig:
     label_smoothing: float = 0.0  # share of each training target spread evenly over the classes (0: off)
     weight_decay: float = 0.0  # adam: decoupled decay (AdamW); rmsprop / sgd: an L2 term; 0: off
     group_dro: float = 0.0  # GroupDRO step size over the (source, class) groups (0: off), .groupdro
+    # holdout_source: score the held-out source once at the end instead of after every epoch (a model slow at
+    # inference); the weights are the same, only the per-epoch holdout columns of the history are missing
+    holdout_final_only: bool = False
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)

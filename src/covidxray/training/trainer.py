@@ -436,7 +436,8 @@ class _Run:
         }
         # the held-out source's figures: recorded for choosing the epoch out of source afterwards (item 6 of
         # issue #12), never used here (LR schedule, early stopping and model/ follow validation)
-        row.update(self.holdout_figures(self.model))
+        if not self.cfg.holdout_final_only:
+            row.update(self.holdout_figures(self.model))
         if self.adversary is not None:  # the adversary's own view: can it still tell the sources apart?
             adv_loss, adv_correct, adv_seen = sum_across(
                 ctx, [self.sums["adv_loss"], self.sums["adv_correct"], self.sums["adv_seen"]]
