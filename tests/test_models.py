@@ -162,52 +162,103 @@ def test_seed_cnn6_gap_pools_away_position_and_takes_any_size() -> None:
         assert not torch.allclose(flat(x), flat(moved), atol=1e-5)
 
 
-def test_seed_cnn6_patch_trains_on_one_random_patch_and_predicts_with_the_lattices_mean_logit() -> None:
+@pytest.mark.parametrize("size", [64, 96, 160])
+def test_seed_cnn6_patch_trains_on_one_random_patch_and_predicts_with_the_lattices_mean_logit(
+    size: int,
+) -> None:
     torch.manual_seed(0)
-    model = create_model("seed_cnn6_patch", num_classes=3, image_size=96)
-    assert model.patch == 48 and model.offsets(96) == [0, 24, 48]
-    x = torch.rand(3, 1, 96, 96)
+    model = create_model("seed_cnn6_patch", num_classes=3, image_size=size)
+    half = size // 2
+    offs = model.offsets(size)
+    assert model.patch == half and offs[0] == 0 and offs[-1] == half and len(set(offs)) == 3
+    assert all(o % 8 == 0 for o in offs)
+    x = torch.rand(3, 1, size, size)
 
     def patch_logits(a: int, b: int) -> torch.Tensor:
-        return model.head(model.patch_net.features(x[:, :, a : a + 48, b : b + 48]))
+        return model.head(model.patch_net.features(x[:, :, a : a + half, b : b + half]))
 
     with torch.no_grad():
         model.eval()
-        lattice = torch.stack([patch_logits(a, b) for a in (0, 24, 48) for b in (0, 24, 48)]).mean(0)
+        lattice = torch.stack([patch_logits(a, b) for a in offs for b in offs]).mean(0)
         assert torch.allclose(model(x), lattice, atol=1e-6)
-        # not one patch's answer, nor the whole image squeezed into one patch
-        assert not torch.allclose(model(x), patch_logits(24, 24), atol=1e-4)
-        assert torch.equal(model(x[:, :, :48, :48]), patch_logits(0, 0))  # a patch-sized input is one patch
+        assert not torch.allclose(
+            model(x), patch_logits(offs[1], offs[1]), atol=1e-4
+        )  # not one patch's answer
+        assert torch.equal(
+            model(x[:, :, :half, :half]), patch_logits(0, 0)
+        )  # a patch-sized input is one patch
         # training: one patch per image at a place drawn from torch's generator (dropout off to compare)
         model.train()
         model.patch_net.fc.dropout.p = 0.0
         torch.manual_seed(5)
         out = model(x)
         torch.manual_seed(5)
-        at = torch.randint(0, 49, (3, 2)).tolist()
+        at = torch.randint(0, half + 1, (3, 2)).tolist()
         one = [
-            model.head(model.patch_net.features(x[i : i + 1, :, a : a + 48, b : b + 48]))
+            model.head(model.patch_net.features(x[i : i + 1, :, a : a + half, b : b + half]))
             for i, (a, b) in enumerate(at)
         ]
         assert torch.allclose(out, torch.cat(one), atol=1e-6)
         assert len({tuple(a) for a in at}) > 1
+        # other sizes are refused with what to do, in both modes
+        for mode in (True, False):
+            with pytest.raises(ValueError, match=f"takes square {size} px images"):
+                model.train(mode)(torch.rand(1, 1, size + 8, size + 8))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        create_model("seed_cnn6_patch", image_size=100)
 
 
-def test_seed_cnn6_patch_gradcam_puts_each_patch_at_its_place() -> None:
+def test_patch_classifier_refuses_a_lattice_that_does_not_fit_its_network() -> None:
+    with pytest.raises(ValueError, match="stride 4 does not match"):
+        PatchClassifier(seed_cnn6(3, 1, image_size=32), image_size=64, stride=4)
+    with pytest.raises(ValueError, match="multiples of the conv stack's downsampling"):
+        PatchClassifier(seed_cnn6(3, 1, image_size=36), image_size=72)
+    with pytest.raises(ValueError, match="too small for a 3 x 3 lattice"):
+        PatchClassifier(seed_cnn6(3, 1, image_size=32), image_size=40)
+    with pytest.raises(ValueError, match="larger than the image"):
+        PatchClassifier(seed_cnn6(3, 1, image_size=64), image_size=32)
+
+
+def test_seed_cnn6_patch_gradcam_puts_each_patch_at_its_place_and_averages_overlaps() -> None:
+    """Grad-CAM on the stitched canvas equals the one computed by hand from each patch's own maps and gradients
+    (hooked on the patch network), laid at the patch's place (rows and columns) and divided by how many patches
+    cover each cell."""
     torch.manual_seed(0)
-    # one patch in the middle of an image twice its side: the heat map is zero away from that patch
-    model = PatchClassifier(seed_cnn6(3, 1, image_size=32), image_size=64, grid=1).eval()
-    assert model.offsets(64) == [16]
-    cam = GradCAM(nn_module=XRayNet(model, 0.5, 0.25, 3).eval(), target_layers="net.stitch")
+    model = create_model("seed_cnn6_patch", num_classes=3, image_size=64).eval()  # 32 px patches: 4 x 4 cells
+    wrapped = XRayNet(model, 0.5, 0.25, 3).eval()
+    cam = GradCAM(nn_module=wrapped, target_layers="net.stitch")
     x = torch.rand(1, 1, 64, 64)
     assert cam(x).shape == (1, 1, 64, 64)
-    # the map before upsampling, one cell per 8 px: the patch covers cells 2-5 of 8
-    maps = [cam.compute_map(x, class_idx=k)[0, 0] for k in range(3)]  # 0 where a class's evidence is negative
-    assert all(m.shape == (8, 8) for m in maps)
-    assert max(float(m[2:6, 2:6].max()) for m in maps) > 0
-    outside = torch.ones(8, 8, dtype=torch.bool)
-    outside[2:6, 2:6] = False
-    assert max(float(m[outside].abs().max()) for m in maps) == 0.0
+    places = [(a // 8, b // 8) for a in model.offsets(64) for b in model.offsets(64)]  # cells (0, 2, 4)
+    cover = torch.zeros(8, 8)
+    for a, b in places:
+        cover[a : a + 4, b : b + 4] += 1
+    assert cover.max() == 4 and cover.min() == 1
+    kept = {}
+    lit = 0
+    hook = model.patch_net.conv.register_forward_hook(lambda m, i, o: kept.update(maps=o) or o.retain_grad())
+    try:
+        for k in range(3):
+            wrapped.zero_grad()
+            wrapped(x)[0, k].backward()
+            a_all, g_all = kept["maps"].detach(), kept["maps"].grad  # (9, 64, 4, 4): each patch's own
+            acts, grads = torch.zeros(9, 64, 8, 8), torch.zeros(9, 64, 8, 8)
+            for j, (a, b) in enumerate(places):
+                acts[j, :, a : a + 4, b : b + 4] = a_all[j] / cover[a : a + 4, b : b + 4]
+                grads[j, :, a : a + 4, b : b + 4] = g_all[j] * cover[a : a + 4, b : b + 4]
+            weights = grads.mean(dim=(2, 3), keepdim=True)
+            expected = torch.relu((weights * acts).sum(dim=(0, 1)))
+            got = cam.compute_map(x, class_idx=k)[0, 0]
+            assert torch.allclose(
+                got, expected, rtol=1e-4, atol=1e-12 + 1e-4 * float(expected.abs().max())
+            ), k
+            # transposed placement would not match (the check sees rows from columns)
+            if float(expected.abs().max()) > 0:
+                lit += 1
+                assert not torch.allclose(got, expected.T, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    finally:
+        hook.remove()
+    assert lit >= 1  # at least one class has evidence somewhere, so placement was checked
 
 
 def test_mixstyle_restyles_shallow_features_in_training_only() -> None:

@@ -181,6 +181,14 @@ def test_holdout_final_only_scores_the_held_out_source_once_and_trains_the_same_
     assert 0 <= info["averaged_holdout"]["holdout_auc_covid"] <= 1
     w, we = _weights(out), _weights(every)
     assert all(torch.equal(w[k], we[k]) for k in w)
+    # without weight averaging the model kept in model/ is scored once, recorded as final_holdout
+    kept = train(_cfg(manifest, tmp_path / "kept", holdout_source="a", epochs=2, holdout_final_only=True))
+    info = json.loads((kept / "run.json").read_text())
+    assert "holdout_auc_covid" not in (kept / "history.csv").read_text()
+    assert set(info["final_holdout"]) == {"holdout_auc_covid", "holdout_auc_macro"}
+    assert load_bundle(kept / "model").config.training["final_holdout"] == info["final_holdout"]
+    with pytest.raises(ConfigError, match="no holdout_source is set"):
+        TrainConfig(holdout_final_only=True)
 
 
 def test_epoch_weights_reselect_and_select_epoch_keep_the_chosen_epoch(

@@ -428,6 +428,8 @@ def loso_operating_points(
     if len(folds) < 1:
         return None, {"epoch": 0, "rule": "no leave-one-source-out fold: best epoch on validation"}
     curves = {}
+    if not recipe.get("average_from"):  # the folds' per-epoch held-out curves choose the epoch: keep them
+        recipe = {**recipe, "holdout_final_only": False}
     for fold in folds:
         run = out / fold
         cfg = TrainConfig(

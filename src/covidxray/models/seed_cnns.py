@@ -253,79 +253,96 @@ class PatchClassifier(Classifier):
     fixed ``grid x grid`` lattice of patches covering the image (3 x 3 with half-patch overlap by default); the
     patches' penultimate vectors are averaged before the (linear) head, i.e. their logits are averaged -- one
     deterministic forward the ONNX export, the predictor and the web page run unchanged. An input of the patch's
-    own size is one patch in both modes.
+    own size is one patch in both modes; any other size than ``image_size`` is refused. The lattice (``grid``,
+    ``stride``) is part of the architecture's definition, like its layers.
 
     Grad-CAM (``gradcam_layer = "stitch"``): at evaluation the patches' last convolutional maps are laid on one
-    canvas of the whole image, each patch in its own channels at its own place (zeros elsewhere), and read back
-    from it unchanged; Grad-CAM on that canvas is the sum of the patches' Grad-CAMs, each at its place (Oh et
-    al.'s "probabilistic Grad-CAM" up to the normalisation).
+    canvas of the whole image, each patch in its own channels at its own place (zeros elsewhere), divided by the
+    number of patches covering each place, and read back from it (multiplied back: exact, the counts being
+    powers of two for the registered lattice). Grad-CAM on that canvas puts each patch's evidence at its place
+    and averages where patches overlap (Oh et al.'s "probabilistic Grad-CAM"), so the centre, seen by four
+    patches, is not four times as bright as a corner seen by one.
     """
 
     def __init__(self, patch_net: SeedCNN, image_size: int, grid: int = 3, stride: int = 8):
         super().__init__()
-        if grid < 1:
-            raise ValueError(f"the patch grid must be at least 1, got {grid}")
-        head = patch_net.head
-        del patch_net.head  # the head maps the patches' mean feature: it lives here, once
-        self.patch_net = patch_net
-        self.head = head
-        self.stitch = nn.Identity()
-        self.patch = int(patch_net.image_size)
-        self.image_size = int(image_size)
-        self.grid = int(grid)
-        self.stride = int(stride)  # the conv stack's pooling stride: patch offsets are multiples of it
+        self.patch, self.image_size = int(patch_net.image_size), int(image_size)
+        self.grid, self.stride = int(grid), int(stride)  # stride: the conv stack's total downsampling
+        if self.grid < 1 or self.stride < 1:
+            raise ValueError(f"grid and stride must be at least 1, got grid={grid}, stride={stride}")
         if self.patch > self.image_size:
             raise ValueError(f"patch {self.patch} px is larger than the image ({self.image_size} px)")
+        if self.patch % self.stride or self.image_size % self.stride:
+            raise ValueError(
+                f"patch ({self.patch} px) and image ({self.image_size} px) must be multiples of the conv stack's "
+                f"downsampling ({self.stride} px), so that every patch's maps sit on the image's grid of cells"
+            )
+        with torch.no_grad():
+            side = patch_net.conv(
+                torch.zeros(1, patch_net.conv[0].in_channels, self.patch, self.patch)
+            ).shape[-1]
+        if side != self.patch // self.stride:
+            raise ValueError(
+                f"the patch network downsamples {self.patch} px to {side} cells, not {self.patch // self.stride}: "
+                f"stride {self.stride} does not match it"
+            )
+        self.lattice = self.offsets(self.image_size)
+        if len(set(self.lattice)) < self.grid:
+            raise ValueError(
+                f"a {self.image_size} px image is too small for a {self.grid} x {self.grid} lattice of "
+                f"{self.patch} px patches at a {self.stride} px step (offsets {self.lattice})"
+            )
+        self.patch_net = patch_net
+        self.head = patch_net.head  # the head maps the patches' mean feature: it lives here, once
+        patch_net.head = nn.Identity()
+        self.stitch = nn.Identity()
         self.gradcam_layer = "stitch"
+        cells, h = self.image_size // self.stride, self.patch // self.stride
+        cover = torch.zeros(1, 1, cells, cells)
+        for a in self.lattice:
+            for b in self.lattice:
+                cover[
+                    ..., a // self.stride : a // self.stride + h, b // self.stride : b // self.stride + h
+                ] += 1
+        self.register_buffer("cover", cover.clamp_min(1.0), persistent=False)
 
     def offsets(self, size: int) -> list[int]:
         """The evaluation lattice's patch offsets (px) along one side of a ``size`` px image: evenly spread
-        from one edge to the other, each a multiple of the pooling stride."""
+        from one edge to the other, each a multiple of the stride (the last ``size mod stride`` px are not
+        seen)."""
         span = (size - self.patch) // self.stride
         if self.grid == 1:
             return [span // 2 * self.stride]
-        return [round(i * span / (self.grid - 1)) * self.stride for i in range(self.grid)]
+        return [int(i * span / (self.grid - 1) + 0.5) * self.stride for i in range(self.grid)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         n, p, size = x.shape[0], self.patch, int(x.shape[-1])
+        if int(x.shape[-2]) != size or size not in (p, self.image_size):
+            raise ValueError(
+                f"{type(self).__name__} takes square {self.image_size} px images (or {p} px patches), got "
+                f"{int(x.shape[-2])} x {size}: use the bundle's preprocessing"
+            )
         if size == p:
             return self.patch_net.features(x)
         if self.training:
             at = torch.randint(0, size - p + 1, (n, 2))
             patches = torch.stack([x[i, :, a : a + p, b : b + p] for i, (a, b) in enumerate(at.tolist())])
             return self.patch_net.features(patches)
-        offs = self.offsets(size)
-        places = [(a, b) for a in offs for b in offs]
-        patches = torch.stack([x[:, :, a : a + p, b : b + p] for a, b in places], dim=1)
+        step, cells = self.stride, size // self.stride
+        places = [(a // step, b // step) for a in self.lattice for b in self.lattice]  # in cells
+        patches = torch.stack(
+            [x[:, :, a * step : a * step + p, b * step : b * step + p] for a, b in places], 1
+        )
         maps = self.patch_net.conv(patches.flatten(0, 1))  # (n * k, c, h, w)
         k, (c, h, w) = len(places), maps.shape[1:]
-        cells = size // self.stride
         maps = maps.view(n, k, c, h, w)
-        canvas = torch.cat(  # each patch's maps in its own channels, at its place on the image
-            [
-                F.pad(
-                    maps[:, j],
-                    (
-                        b // self.stride,
-                        cells - w - b // self.stride,
-                        a // self.stride,
-                        cells - h - a // self.stride,
-                    ),
-                )
-                for j, (a, b) in enumerate(places)
-            ],
+        # each patch's maps in its own channels, at its place on the image, shared out where patches overlap
+        canvas = torch.cat(
+            [F.pad(maps[:, j], (b, cells - w - b, a, cells - h - a)) for j, (a, b) in enumerate(places)],
             dim=1,
         )
-        canvas = self.stitch(canvas).view(n, k, c, cells, cells)
-        read = torch.stack(
-            [
-                canvas[
-                    :, j, :, a // self.stride : a // self.stride + h, b // self.stride : b // self.stride + w
-                ]
-                for j, (a, b) in enumerate(places)
-            ],
-            dim=1,
-        )
+        canvas = (self.stitch(canvas / self.cover) * self.cover).view(n, k, c, cells, cells)
+        read = torch.stack([canvas[:, j, :, a : a + h, b : b + w] for j, (a, b) in enumerate(places)], dim=1)
         f = self.patch_net.fc(self.patch_net.flatten(read.flatten(0, 1)))
         return f.view(n, k, -1).mean(dim=1)
 
@@ -336,6 +353,9 @@ def seed_cnn6_patch(
 ) -> PatchClassifier:
     """seed_cnn6 on patches of half the image's side (:class:`PatchClassifier`): ``--image-size 192`` trains
     seed_cnn6 at 96 px on random 96 px patches of the 192 px image and predicts with the mean logit of a 3 x 3
-    lattice of them (9 patch forwards per image: about 9x seed_cnn6's inference at 96 px)."""
+    lattice of them (9 patch forwards per image: about 9x seed_cnn6's inference at 96 px). ``image_size`` must be
+    a multiple of 16 (the patch, half of it, a multiple of seed_cnn6's 8 px downsampling)."""
+    if image_size % 16:
+        raise ValueError(f"seed_cnn6_patch: image_size must be a multiple of 16, got {image_size}")
     inner = seed_cnn6(num_classes, in_channels, image_size=image_size // 2, dropout=dropout)
     return PatchClassifier(inner, image_size)

@@ -180,6 +180,11 @@ class TrainConfig:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
         if not 0 <= self.acquisition <= 1:
             raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
+        if self.holdout_final_only and not self.holdout_source:
+            raise ConfigError(
+                "holdout_final_only changes when a held-out source is scored, but no holdout_source is set: "
+                "give --holdout-source SOURCE or drop --holdout-final-only"
+            )
         if not _is_number(self.source_power) or not 0.0 <= self.source_power <= 1.0:
             raise ConfigError(
                 f"source_power must lie in [0, 1] (0: every source of a label equally often, 0.5: square root "

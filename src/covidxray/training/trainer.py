@@ -252,6 +252,7 @@ class _Run:
         self.status = "running"
         self.averaged: tuple[int, int] | None = None  # (first, last) epoch once model/ holds their average
         self.averaged_holdout: dict[str, Any] = {}
+        self.final_holdout: dict[str, Any] = {}  # holdout_final_only, no averaging: the kept model's figures
         self.averaging_skipped = ""
         if resume:
             self._restore(load_checkpoint(self.dir))
@@ -581,6 +582,7 @@ class _Run:
             "monitor": self.monitor,
             "selected_by": self.selected_by,
             **self.averaging_record(),
+            **({"final_holdout": self.final_holdout} if self.final_holdout else {}),
             "world_size": self.ctx.world,
         }
 
@@ -628,6 +630,7 @@ class _Run:
                 "monitor": self.monitor,
                 "selected_by": self.selected_by,
                 **self.averaging_record(),
+                **({"final_holdout": self.final_holdout} if self.final_holdout else {}),
                 **({} if self.dro is None else {"group_dro_weights": self.dro.weights()}),
                 "best_val": self.best_metrics,
                 "holdout_copies_excluded": self.holdout_copies_excluded(),
@@ -640,6 +643,12 @@ class _Run:
     def finish(self) -> None:
         if self.cfg.average_from:  # train() has set the final status by now
             self.average()
+        if self.cfg.holdout_final_only and not self.averaged_holdout and (self.dir / "model").is_dir():
+            # no per-epoch scoring and no averaged model scored: score the model kept in model/ once
+            from covidxray.bundle import load_bundle
+
+            kept = load_bundle(self.dir / "model").model.to(self.ctx.device)
+            self.final_holdout = self.holdout_figures(kept)
         if self.ctx.is_main and (self.dir / "model").is_dir():
             update_bundle(self.dir / "model", training=self.training_facts())
         if self.ctx.is_main:
