@@ -297,13 +297,12 @@ class PatchClassifier(Classifier):
         patch_net.head = nn.Identity()
         self.stitch = nn.Identity()
         self.gradcam_layer = "stitch"
+        # the lattice's patches as (row, column) in cells of ``stride`` px, and how many cover each cell
+        self.places = [(a // self.stride, b // self.stride) for a in self.lattice for b in self.lattice]
         cells, h = self.image_size // self.stride, self.patch // self.stride
         cover = torch.zeros(1, 1, cells, cells)
-        for a in self.lattice:
-            for b in self.lattice:
-                cover[
-                    ..., a // self.stride : a // self.stride + h, b // self.stride : b // self.stride + h
-                ] += 1
+        for a, b in self.places:
+            cover[..., a : a + h, b : b + h] += 1
         self.register_buffer("cover", cover.clamp_min(1.0), persistent=False)
 
     def offsets(self, size: int) -> list[int]:
@@ -328,8 +327,7 @@ class PatchClassifier(Classifier):
             at = torch.randint(0, size - p + 1, (n, 2))
             patches = torch.stack([x[i, :, a : a + p, b : b + p] for i, (a, b) in enumerate(at.tolist())])
             return self.patch_net.features(patches)
-        step, cells = self.stride, size // self.stride
-        places = [(a // step, b // step) for a in self.lattice for b in self.lattice]  # in cells
+        step, cells, places = self.stride, size // self.stride, self.places
         patches = torch.stack(
             [x[:, :, a * step : a * step + p, b * step : b * step + p] for a, b in places], 1
         )
