@@ -530,3 +530,53 @@ def test_group_dro_weights_survive_a_resume(manifest: Path, tmp_path: Path) -> N
     a, b = (json.loads((r / "run.json").read_text()) for r in (first, whole))
     assert a["epochs_run"] == 2 and a["group_dro_weights"] == b["group_dro_weights"]
     assert torch.equal(_weights(first)["net.conv.conv1.weight"], _weights(whole)["net.conv.conv1.weight"])
+
+
+# -- COVID-19 masked for sources without it ---------------------------------------------------------------------
+def test_mask_covid_is_the_cross_entropy_over_the_other_classes_and_stops_its_gradient() -> None:
+    from covidxray.training.trainer import mask_covid
+    from covidxray.training.validation import task_loss
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [3.0, 1.0, 0.0], [0.2, 0.1, 0.4]], requires_grad=True)
+    y, rows = torch.tensor([0, 1, 2]), torch.tensor([False, True, True])
+    loss = task_loss(mask_covid(logits, rows, 0), y)
+    by_hand = (
+        -torch.log_softmax(logits[0], 0)[0]
+        - torch.log_softmax(logits[1, 1:], 0)[0]
+        - torch.log_softmax(logits[2, 1:], 0)[1]
+    ) / 3
+    assert float(loss.detach()) == pytest.approx(float(by_hand.detach()))
+    loss.backward()
+    assert logits.grad[1:, 0].eq(0).all() and logits.grad[0, 0] != 0  # masked rows never move p(covid)
+    assert logits.grad[1:, 1:].ne(0).all()  # but still teach normal against pneumonia
+
+
+def test_covid_masked_sources_act_are_recorded_and_validated(manifest: Path, tmp_path: Path) -> None:
+    df = pd.read_csv(manifest)
+    df = df[~((df.source == "b") & (df.label == "covid"))]  # "b" holds no COVID-19, like Kermany
+    no_covid_b = manifest.parent / "no_covid_b.csv"  # beside the images its paths are relative to
+    df.to_csv(no_covid_b, index=False)
+    plain = train(_cfg(no_covid_b, tmp_path / "plain"))
+    argv = ["train", "--manifest", str(no_covid_b), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--covid-masked-sources", "b", "--out", str(tmp_path / "masked"),
+            "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    masked = tmp_path / "masked"
+    assert not torch.equal(
+        _weights(masked)["net.conv.conv1.weight"], _weights(plain)["net.conv.conv1.weight"]
+    )
+    assert json.loads((masked / "run.json").read_text())["config"]["covid_masked_sources"] == "b"
+    assert load_bundle(masked / "model").config.training["covid_masked_sources"] == "b"
+    assert TrainConfig(covid_masked_sources=" b, b ,c").covid_masked_sources == "b,c"
+    with pytest.raises(ConfigError, match=r"no training row comes from; training sources: \['a', 'b'\]"):
+        train(_cfg(no_covid_b, tmp_path / "x", covid_masked_sources="kermany"))
+    with pytest.raises(ConfigError, match=r"source\(s\) \['a'\] hold COVID-19 rows in train"):
+        train(_cfg(no_covid_b, tmp_path / "y", covid_masked_sources="a"))
+    for kw, why in (
+        ({"classes": "covid,rest"}, "at least two other classes"),
+        ({"label_smoothing": 0.1}, "label_smoothing"),
+        ({"mixup": 0.2}, "mixup"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            TrainConfig(covid_masked_sources="b", **kw)

@@ -87,6 +87,9 @@ HELP: dict[str, str] = {
     "weight_decay": "weight decay (Adam becomes AdamW, decoupled; rmsprop / sgd take it as L2); 0: off",
     "group_dro": "GroupDRO step size: minimise the worst (source, class) group's loss instead of the mean, the "
     "groups' weights moved by exp(step x group loss) at every batch (0: off; 0.01 in the paper)",
+    "covid_masked_sources": "comma-separated sources holding no COVID-19 by construction (e.g. kermany) whose "
+    "images train only the choice among the other classes: their loss is the softmax over the classes other than "
+    "COVID-19, so telling such a source apart cannot lower p(covid) (default: none)",
     "mixup": "mixup alpha: train on Beta(alpha, alpha) blends of image pairs, the loss blended alike (0: off)",
     "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
     "instead of the best on in-source validation, and stop after it (0: best on validation)",

@@ -44,6 +44,13 @@ form SWAD, Cha et al. 2021, is a domain-generalisation method): ``model/`` holds
 weights at the end of epochs N to the last one run (``torch.optim.swa_utils.AveragedModel``; batch-norm
 statistics recomputed on the training images by ``update_bn``), instead of one epoch chosen on validation or out of
 source. Every epoch's weights are kept for it (as with ``epoch_weights``) and patience does not stop the run.
+
+**COVID-19 masked for some sources** (``covid_masked_sources``, e.g. ``"kermany"``): a source that holds no
+COVID-19 by construction (Kermany's children) still teaches normal against pneumonia, but its rows' loss is the
+cross-entropy of the softmax over the *other* classes only (their COVID-19 logit set to -inf in the loss), so
+nothing that tells such a source apart (a child's thorax) can lower p(covid): the COVID-19 logit is learnt from
+the sources that hold COVID-19 and their own negatives alone. A partial-label loss: the model and its prediction
+are unchanged.
 """
 
 from __future__ import annotations
@@ -141,6 +148,9 @@ class TrainConfig:
     # holdout_source: score the held-out source once at the end instead of after every epoch (a model slow at
     # inference); the weights are the same, only the per-epoch holdout columns of the history are missing
     holdout_final_only: bool = False
+    # comma-separated sources that hold no COVID-19 by construction (e.g. kermany): their images train only the
+    # choice among the other classes (the COVID-19 logit masked out of their loss), .trainer.covid_mask
+    covid_masked_sources: str = ""
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -148,6 +158,7 @@ class TrainConfig:
         self.source_power = float(self.source_power)
         self.label_smoothing, self.weight_decay = float(self.label_smoothing), float(self.weight_decay)
         self.group_dro = float(self.group_dro)
+        self.covid_masked_sources = ",".join(masked_sources(self.covid_masked_sources))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that cannot work."""
@@ -208,6 +219,21 @@ class TrainConfig:
             raise ConfigError(
                 "group_dro and mixup cannot be combined (a blended image belongs to two groups)"
             )
+        if masked_sources(self.covid_masked_sources):
+            problem = ""
+            if "covid" not in self.classes or len(self.classes) < 3 or self.loss != "ce":
+                problem = (
+                    f"needs softmax over COVID-19 and at least two other classes (classes {list(self.classes)}, "
+                    f"loss {self.loss!r}): without COVID-19 the masked rows would be left one class"
+                )
+            elif self.label_smoothing:
+                problem = (
+                    "cannot be combined with label_smoothing (it would spread target onto the masked class)"
+                )
+            elif self.mixup:
+                problem = "cannot be combined with mixup (a blended image has two sources)"
+            if problem:
+                raise ConfigError(f"covid_masked_sources {self.covid_masked_sources!r} {problem}")
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
         if self.mixup and self.adversary != "none":
@@ -276,6 +302,15 @@ class TrainConfig:
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a YAML or JSON file of options (the keys of :class:`TrainConfig`)."""
         return cls.from_dict(read_options(path))
+
+
+def masked_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``covid_masked_sources`` as a tuple of source names (``"kermany"``, ``"a, b"`` or a sequence)."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(dict.fromkeys(str(c).strip() for c in items if str(c).strip()))
+    return names
 
 
 def _is_number(v: Any) -> bool:

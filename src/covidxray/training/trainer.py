@@ -46,7 +46,7 @@ from covidxray.preprocess import Preprocessing
 from covidxray.training.adversary import SourceAdversary, dann_lambda, source_table
 from covidxray.training.augment import Augment, batch_generator
 from covidxray.training.checkpoint import ResumeError, checkpoint_path, load_checkpoint, save_checkpoint
-from covidxray.training.config import ConfigError, TrainConfig
+from covidxray.training.config import ConfigError, TrainConfig, masked_sources
 from covidxray.training.dataset import (
     SplitData,
     batch_inputs,
@@ -129,6 +129,39 @@ def class_weight_tensor(
     freq = expected_label_frequency(train.targets, len(cfg.classes), sample_p)
     w = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-12), 0.0)
     return torch.tensor(w / w[freq > 0].mean(), dtype=torch.float32)
+
+
+def covid_mask(cfg: TrainConfig, train: SplitData, val: SplitData) -> np.ndarray | None:
+    """Which training rows have COVID-19 masked out of their loss (``cfg.covid_masked_sources``; None: off).
+
+    A named source must be among the training rows' sources and must hold no COVID-19 row in train or val (its
+    rows would otherwise be trained to a class their loss cannot reach)."""
+    names = masked_sources(cfg.covid_masked_sources)
+    if not names:
+        return None
+    present = sorted(set(train.sources.tolist()))
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise ConfigError(
+            f"covid_masked_sources names {missing}, which no training row comes from; training sources: {present}"
+        )
+    k = cfg.classes.index("covid")
+    for split, what in ((train, "train"), (val, "val")):
+        bad = sorted(set(split.sources[np.isin(split.sources, names) & (split.targets == k)].tolist()))
+        if bad:
+            raise ConfigError(
+                f"covid_masked_sources: source(s) {bad} hold COVID-19 rows in {what}; mask only sources without "
+                "COVID-19 (e.g. kermany)"
+            )
+    return np.isin(train.sources, names)
+
+
+def mask_covid(logits: torch.Tensor, rows: torch.Tensor, covid: int) -> torch.Tensor:
+    """``logits`` with the COVID-19 logit of ``rows`` (bool, N) set to -inf: their softmax, and so their
+    cross-entropy, is over the other classes only (no gradient reaches the masked logit)."""
+    cols = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    cols[covid] = True
+    return logits.masked_fill(rows[:, None] & cols[None, :], float("-inf"))
 
 
 @contextmanager
@@ -214,6 +247,7 @@ class _Run:
             else None
         )
         self.weight = class_weight_tensor(cfg, self.train_split, self.sample_p)
+        self.covid_masked = covid_mask(cfg, self.train_split, self.val_split)
         self.monitor = "val_auc_macro" if len(np.unique(self.val_split.targets)) > 1 else "val_loss"
         self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition)
         self.dro = (
@@ -372,12 +406,13 @@ class _Run:
                     1 - lam
                 ) * task_loss(logits, y[perm], weight, cfg.label_smoothing)
             elif self.adversary is None:
-                logits = self.net(x)
+                logits = self._masked(self.net(x), idx)
                 loss, total = self._task_loss(logits, y, weight, idx)
             else:
                 lam = dann_lambda(cfg.adversary_weight, (self.epoch * n_batches + self.step) / total_steps)
                 src = torch.from_numpy(src_all[idx]).to(ctx.device)
                 logits, adv_loss, adv_correct, adv_n = self.net(x, y, src, lam)
+                logits = self._masked(logits, idx)
                 loss, total = self._task_loss(logits, y, weight, idx)
                 total = total + adv_loss
                 self.sums["adv_loss"] += float(adv_loss.detach()) * adv_n
@@ -403,6 +438,13 @@ class _Run:
                 self.checkpoint()
         if bar is not None:
             bar.close()
+
+    def _masked(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        """The batch's logits as its loss sees them: COVID-19 masked for the rows of ``covid_masked_sources``."""
+        if self.covid_masked is None:
+            return logits
+        rows = torch.from_numpy(self.covid_masked[idx]).to(logits.device)
+        return mask_covid(logits, rows, self.cfg.classes.index("covid"))
 
     def _task_loss(
         self, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, idx: np.ndarray
