@@ -580,3 +580,28 @@ def test_covid_masked_sources_act_are_recorded_and_validated(manifest: Path, tmp
     ):
         with pytest.raises(ConfigError, match=why):
             TrainConfig(covid_masked_sources="b", **kw)
+
+
+def test_validation_scores_masked_sources_as_they_are_trained(manifest: Path, tmp_path: Path) -> None:
+    from covidxray.training.distributed import Dist
+    from covidxray.training.trainer import _Run, read_training_manifest
+    from covidxray.training.validation import predict_logits, val_metrics
+
+    df = pd.read_csv(manifest)
+    df = df[~((df.source == "b") & (df.label == "covid"))]
+    path = manifest.parent / "no_covid_b_val.csv"
+    df.to_csv(path, index=False)
+    cfg = _cfg(path, tmp_path / "r", covid_masked_sources="b")
+    run = _Run(cfg, read_training_manifest(str(path)), Dist(), resume=False)
+    last = [m for m in run.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[cfg.classes.index("covid")] += 50.0  # a model that calls every image COVID-19
+    masked = run.val_figures(run.model)
+    logits, targets = predict_logits(run.model, run.images, run.val_split, run.pre, Dist(), 16)
+    plain = val_metrics(logits, targets, cfg.classes)
+    b_val = int((run.val_split.sources == "b").sum())
+    # 8 of the 10 val rows are not COVID-19 and pay ~50 each for the call; masked, only source a's 4 still do
+    assert b_val and masked["val_loss"] < 0.6 * plain["val_loss"]
+    covid_val = int((run.val_split.targets == cfg.classes.index("covid")).sum())
+    assert plain["val_acc"] == pytest.approx(covid_val / len(targets))
+    assert masked["val_acc"] > plain["val_acc"]

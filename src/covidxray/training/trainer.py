@@ -248,6 +248,13 @@ class _Run:
         )
         self.weight = class_weight_tensor(cfg, self.train_split, self.sample_p)
         self.covid_masked = covid_mask(cfg, self.train_split, self.val_split)
+        # validation scores those rows the way they are trained (else p(covid) of a masked source's images,
+        # never trained, would move the LR schedule, early stopping and the kept epoch)
+        self.covid_masked_val = (
+            None
+            if self.covid_masked is None
+            else np.isin(self.val_split.sources, masked_sources(cfg.covid_masked_sources))
+        )
         self.monitor = "val_auc_macro" if len(np.unique(self.val_split.targets)) > 1 else "val_loss"
         self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition)
         self.dro = (
@@ -457,16 +464,27 @@ class _Run:
         recorded = task_loss(logits.detach(), y, weight, self.cfg.label_smoothing)
         return recorded, self.dro.loss(task_loss_rows(logits, y, weight, self.cfg.label_smoothing), idx)
 
+    def val_figures(self, model: XRayNet) -> dict[str, Any]:
+        """:func:`val_metrics` of ``model`` on the validation split (gathered over ranks), with COVID-19 masked
+        for the rows of ``covid_masked_sources`` as in training."""
+        ctx = self.ctx
+        logits, targets = predict_logits(
+            model, self.images, self.val_split, self.pre, ctx, self.cfg.batch_size * 2
+        )
+        if self.covid_masked_val is not None:  # gather_rows' order: each rank's strided rows, in rank order
+            n = len(self.val_split)
+            order = np.concatenate([np.arange(r, n, ctx.world) for r in range(ctx.world)])
+            logits = logits.copy()
+            logits[self.covid_masked_val[order], self.cfg.classes.index("covid")] = -np.inf
+        return val_metrics(logits, targets, self.cfg.classes)
+
     def end_epoch(self) -> bool:
         """Validate, record, keep the best, checkpoint; True when training should stop."""
         cfg, ctx = self.cfg, self.ctx
         loss_sum, correct, seen, train_secs = sum_across(
             ctx, [self.sums["loss"], self.sums["correct"], self.sums["seen"], self.sums["train_seconds"]]
         )
-        logits, targets = predict_logits(
-            self.model, self.images, self.val_split, self.pre, ctx, cfg.batch_size * 2
-        )
-        metrics = val_metrics(logits, targets, self.cfg.classes)
+        metrics = self.val_figures(self.model)
         seconds = self.sums["seconds"] + (time.perf_counter() - self.epoch_start)
         row = {
             "epoch": self.epoch + 1,
@@ -602,10 +620,7 @@ class _Run:
         bn = self.bn_batches() if has_batch_norm(self.model) else None
         averaged = average_epoch_weights(self.model, self.dir, first, last, bn, device=ctx.device)
         averaged = averaged.to(ctx.device, memory_format=CHANNELS_LAST)
-        logits, targets = predict_logits(
-            averaged, self.images, self.val_split, self.pre, ctx, cfg.batch_size * 2
-        )
-        self.best_metrics = val_metrics(logits, targets, cfg.classes)
+        self.best_metrics = self.val_figures(averaged)
         self.averaged_holdout = self.holdout_figures(averaged)
         self.averaged, self.best_epoch = (first, last), last
         self.save_model(averaged)
