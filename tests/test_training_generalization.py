@@ -569,17 +569,35 @@ def test_covid_masked_sources_act_are_recorded_and_validated(manifest: Path, tmp
     assert json.loads((masked / "run.json").read_text())["config"]["covid_masked_sources"] == "b"
     assert load_bundle(masked / "model").config.training["covid_masked_sources"] == "b"
     assert TrainConfig(covid_masked_sources=" b, b ,c").covid_masked_sources == "b,c"
-    with pytest.raises(ConfigError, match=r"no training row comes from; training sources: \['a', 'b'\]"):
+    with pytest.raises(
+        ConfigError, match=r"no training row comes from \(training sources: \['a', 'b'\]\): check the name"
+    ):
         train(_cfg(no_covid_b, tmp_path / "x", covid_masked_sources="kermany"))
     with pytest.raises(ConfigError, match=r"source\(s\) \['a'\] hold COVID-19 rows in train"):
         train(_cfg(no_covid_b, tmp_path / "y", covid_masked_sources="a"))
     for kw, why in (
-        ({"classes": "covid,rest"}, "at least two other classes"),
-        ({"label_smoothing": 0.1}, "label_smoothing"),
-        ({"mixup": 0.2}, "mixup"),
+        ({"classes": "covid,rest"}, r"among at least three classes, got classes \['covid', 'rest'\]"),
+        ({"classes": "normal,pneumonia"}, "use --classes covid,normal,pneumonia"),
+        ({"loss": "bce", "classes": "covid,normal,pneumonia"}, "needs exactly two classes"),
+        ({"label_smoothing": 0.1}, "label_smoothing .*drop one of them"),
+        ({"mixup": 0.2}, "mixup .*drop one of them"),
     ):
         with pytest.raises(ConfigError, match=why):
-            TrainConfig(covid_masked_sources="b", **kw)
+            TrainConfig(covid_masked_sources=" b, b", **kw)
+    # the adversary's and GroupDRO's losses see the mask too: each run differs from the same run without it
+    for kw in ({"adversary": "marginal"}, {"group_dro": 0.01}):
+        with_mask = train(
+            _cfg(no_covid_b, tmp_path / f"m{len(kw)}{next(iter(kw))}", covid_masked_sources="b", **kw)
+        )
+        without = train(_cfg(no_covid_b, tmp_path / f"u{next(iter(kw))}", **kw))
+        assert not torch.equal(
+            _weights(with_mask)["net.conv.conv1.weight"], _weights(without)["net.conv.conv1.weight"]
+        )
+        assert np.isfinite(pd.read_csv(with_mask / "history.csv")["train_loss"]).all()
+    # a fold that holds the masked source out has nothing to mask (crossval --all runs one): it trains as without
+    held = train(_cfg(no_covid_b, tmp_path / "held", covid_masked_sources="b", holdout_source="b"))
+    plain_held = train(_cfg(no_covid_b, tmp_path / "plain_held", holdout_source="b"))
+    assert torch.equal(_weights(held)["net.conv.conv1.weight"], _weights(plain_held)["net.conv.conv1.weight"])
 
 
 def test_validation_scores_masked_sources_as_they_are_trained(manifest: Path, tmp_path: Path) -> None:
@@ -597,6 +615,12 @@ def test_validation_scores_masked_sources_as_they_are_trained(manifest: Path, tm
     with torch.no_grad():
         last.bias[cfg.classes.index("covid")] += 50.0  # a model that calls every image COVID-19
     masked = run.val_figures(run.model)
+    # training masks exactly the COVID-19 column of exactly source b's rows
+    idx = np.arange(len(run.train_split))
+    seen = run._masked(torch.zeros(len(idx), 3), idx)
+    expect = np.zeros((len(idx), 3), bool)
+    expect[run.train_split.sources == "b", cfg.classes.index("covid")] = True
+    assert np.array_equal(torch.isinf(seen).numpy(), expect) and expect.any()
     logits, targets = predict_logits(run.model, run.images, run.val_split, run.pre, Dist(), 16)
     plain = val_metrics(logits, targets, cfg.classes)
     b_val = int((run.val_split.sources == "b").sum())
@@ -605,3 +629,6 @@ def test_validation_scores_masked_sources_as_they_are_trained(manifest: Path, tm
     covid_val = int((run.val_split.targets == cfg.classes.index("covid")).sum())
     assert plain["val_acc"] == pytest.approx(covid_val / len(targets))
     assert masked["val_acc"] > plain["val_acc"]
+    assert (
+        masked["val_auc_covid_unmasked"] == plain["val_auc_covid"]
+    )  # what the bundle predicts, recorded beside

@@ -50,7 +50,9 @@ COVID-19 by construction (Kermany's children) still teaches normal against pneum
 cross-entropy of the softmax over the *other* classes only (their COVID-19 logit set to -inf in the loss), so
 nothing that tells such a source apart (a child's thorax) can lower p(covid): the COVID-19 logit is learnt from
 the sources that hold COVID-19 and their own negatives alone. A partial-label loss: the model and its prediction
-are unchanged.
+are unchanged. Validation scores those rows the same way (the figures that drive the LR schedule, early stopping
+and the kept epoch); the plain validation COVID-19 AUC, what the bundle's predictions give, is recorded beside them
+(``val_auc_covid_unmasked``). A fold that holds a masked source out has nothing to mask.
 """
 
 from __future__ import annotations
@@ -154,11 +156,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
+        self.covid_masked_sources = ",".join(masked_sources(self.covid_masked_sources))
         self.validate()
         self.source_power = float(self.source_power)
         self.label_smoothing, self.weight_decay = float(self.label_smoothing), float(self.weight_decay)
         self.group_dro = float(self.group_dro)
-        self.covid_masked_sources = ",".join(masked_sources(self.covid_masked_sources))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that cannot work."""
@@ -221,17 +223,18 @@ class TrainConfig:
             )
         if masked_sources(self.covid_masked_sources):
             problem = ""
-            if "covid" not in self.classes or len(self.classes) < 3 or self.loss != "ce":
+            if "covid" not in self.classes or len(self.classes) < 3:  # (loss bce, one output, needs two)
                 problem = (
-                    f"needs softmax over COVID-19 and at least two other classes (classes {list(self.classes)}, "
-                    f"loss {self.loss!r}): without COVID-19 the masked rows would be left one class"
+                    f"masks COVID-19 among at least three classes, got classes {list(self.classes)}: use "
+                    "--classes covid,normal,pneumonia"
                 )
             elif self.label_smoothing:
                 problem = (
-                    "cannot be combined with label_smoothing (it would spread target onto the masked class)"
+                    "cannot be combined with label_smoothing (it would spread target onto the masked class): "
+                    "drop one of them"
                 )
             elif self.mixup:
-                problem = "cannot be combined with mixup (a blended image has two sources)"
+                problem = "cannot be combined with mixup (a blended image has two sources): drop one of them"
             if problem:
                 raise ConfigError(f"covid_masked_sources {self.covid_masked_sources!r} {problem}")
         if self.mixup < 0:

@@ -69,7 +69,13 @@ from covidxray.training.distributed import (
 from covidxray.training.groupdro import GroupDRO
 from covidxray.training.history import plot_curves, read_history, write_history, write_json
 from covidxray.training.sampler import balanced_weights, epoch_order, expected_label_frequency, shard
-from covidxray.training.validation import predict_logits, task_loss, task_loss_rows, val_metrics
+from covidxray.training.validation import (
+    gathered_order,
+    predict_logits,
+    task_loss,
+    task_loss_rows,
+    val_metrics,
+)
 
 DEFAULT_THREADS = 2
 CHANNELS_LAST = torch.channels_last
@@ -136,14 +142,17 @@ def covid_mask(cfg: TrainConfig, train: SplitData, val: SplitData) -> np.ndarray
 
     A named source must be among the training rows' sources and must hold no COVID-19 row in train or val (its
     rows would otherwise be trained to a class their loss cannot reach)."""
-    names = masked_sources(cfg.covid_masked_sources)
+    # a fold that holds a masked source out has none of its rows to mask (crossval --all runs such a fold)
+    names = tuple(n for n in masked_sources(cfg.covid_masked_sources) if n != cfg.holdout_source)
     if not names:
         return None
     present = sorted(set(train.sources.tolist()))
     missing = [n for n in names if n not in present]
     if missing:
         raise ConfigError(
-            f"covid_masked_sources names {missing}, which no training row comes from; training sources: {present}"
+            f"covid_masked_sources names {missing}, which no training row comes from (training sources: "
+            f"{present}): check the name against the manifest's source column, or drop it from "
+            "--covid-masked-sources"
         )
     k = cfg.classes.index("covid")
     for split, what in ((train, "train"), (val, "val")):
@@ -471,12 +480,16 @@ class _Run:
         logits, targets = predict_logits(
             model, self.images, self.val_split, self.pre, ctx, self.cfg.batch_size * 2
         )
-        if self.covid_masked_val is not None:  # gather_rows' order: each rank's strided rows, in rank order
-            n = len(self.val_split)
-            order = np.concatenate([np.arange(r, n, ctx.world) for r in range(ctx.world)])
-            logits = logits.copy()
-            logits[self.covid_masked_val[order], self.cfg.classes.index("covid")] = -np.inf
-        return val_metrics(logits, targets, self.cfg.classes)
+        if self.covid_masked_val is None:
+            return val_metrics(logits, targets, self.cfg.classes)
+        # the figures the run monitors score the masked rows as they are trained; the bundle predicts without
+        # the mask, so the plain COVID-19 AUC is recorded beside them
+        unmasked = val_metrics(logits, targets, self.cfg.classes)["val_auc_covid"]
+        masked = logits.copy()
+        masked[
+            self.covid_masked_val[gathered_order(ctx, len(self.val_split))], self.cfg.classes.index("covid")
+        ] = -np.inf
+        return {**val_metrics(masked, targets, self.cfg.classes), "val_auc_covid_unmasked": unmasked}
 
     def end_epoch(self) -> bool:
         """Validate, record, keep the best, checkpoint; True when training should stop."""

@@ -88,13 +88,23 @@ def val_metrics(logits: np.ndarray, targets: np.ndarray, classes: tuple[str, ...
     return out
 
 
+def rank_rows(ctx: Dist, n: int) -> np.ndarray:
+    """The rows of a split of ``n`` that this rank scores in :func:`predict_logits`."""
+    return np.arange(ctx.rank, n, ctx.world)
+
+
+def gathered_order(ctx: Dist, n: int) -> np.ndarray:
+    """The split's row of each row :func:`predict_logits` returns: every rank's rows, in rank order."""
+    return np.concatenate([rank_rows(Dist(rank=r, world=ctx.world), n) for r in range(ctx.world)])
+
+
 @torch.no_grad()
 def predict_logits(
     model: XRayNet, images: np.ndarray, split: SplitData, pre: Preprocessing, ctx: Dist, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and targets of the whole split (gathered over ranks)."""
+    """Logits and targets of the whole split (gathered over ranks, in :func:`gathered_order`)."""
     model.eval()
-    mine = np.arange(ctx.rank, len(split), ctx.world)
+    mine = rank_rows(ctx, len(split))
     chunks = []
     for start in range(0, len(mine), batch_size):
         idx = mine[start : start + batch_size]
