@@ -312,8 +312,7 @@ def masked_sources(value: str | list[str] | tuple[str, ...] | None) -> tuple[str
     if not value:
         return ()
     items = value.split(",") if isinstance(value, str) else list(value)
-    names = tuple(dict.fromkeys(str(c).strip() for c in items if str(c).strip()))
-    return names
+    return tuple(dict.fromkeys(str(c).strip() for c in items if str(c).strip()))
 
 
 def _is_number(v: Any) -> bool:

@@ -137,8 +137,9 @@ def class_weight_tensor(
     return torch.tensor(w / w[freq > 0].mean(), dtype=torch.float32)
 
 
-def covid_mask(cfg: TrainConfig, train: SplitData, val: SplitData) -> np.ndarray | None:
-    """Which training rows have COVID-19 masked out of their loss (``cfg.covid_masked_sources``; None: off).
+def covid_mask(cfg: TrainConfig, train: SplitData, val: SplitData) -> tuple[np.ndarray, np.ndarray] | None:
+    """Which training rows have COVID-19 masked out of their loss, and which validation rows are scored the
+    same way (``cfg.covid_masked_sources``; None: off).
 
     A named source must be among the training rows' sources and must hold no COVID-19 row in train or val (its
     rows would otherwise be trained to a class their loss cannot reach)."""
@@ -162,7 +163,7 @@ def covid_mask(cfg: TrainConfig, train: SplitData, val: SplitData) -> np.ndarray
                 f"covid_masked_sources: source(s) {bad} hold COVID-19 rows in {what}; mask only sources without "
                 "COVID-19 (e.g. kermany)"
             )
-    return np.isin(train.sources, names)
+    return np.isin(train.sources, names), np.isin(val.sources, names)
 
 
 def mask_covid(logits: torch.Tensor, rows: torch.Tensor, covid: int) -> torch.Tensor:
@@ -256,13 +257,11 @@ class _Run:
             else None
         )
         self.weight = class_weight_tensor(cfg, self.train_split, self.sample_p)
-        self.covid_masked = covid_mask(cfg, self.train_split, self.val_split)
-        # validation scores those rows the way they are trained (else p(covid) of a masked source's images,
+        # validation scores the masked rows the way they are trained (else p(covid) of a masked source's images,
         # never trained, would move the LR schedule, early stopping and the kept epoch)
-        self.covid_masked_val = (
-            None
-            if self.covid_masked is None
-            else np.isin(self.val_split.sources, masked_sources(cfg.covid_masked_sources))
+        self.covid_masked, self.covid_masked_val = covid_mask(cfg, self.train_split, self.val_split) or (
+            None,
+            None,
         )
         self.monitor = "val_auc_macro" if len(np.unique(self.val_split.targets)) > 1 else "val_loss"
         self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition)
