@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -632,3 +633,61 @@ def test_validation_scores_masked_sources_as_they_are_trained(manifest: Path, tm
     assert (
         masked["val_auc_covid_unmasked"] == plain["val_auc_covid"]
     )  # what the bundle predicts, recorded beside
+
+
+# -- sharpness-aware minimisation --------------------------------------------------------------------------------
+def test_sam_gradient_is_the_gradient_at_the_perturbed_weights_and_restores_them() -> None:
+    from covidxray.training.trainer import sam_gradient
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    x = torch.randn(16, 3)
+
+    def loss() -> torch.Tensor:
+        return (net(x) ** 2).mean() + sum((p**2).sum() for p in net.parameters())
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loss().backward()
+    g = [p.grad.clone() for p in net.parameters()]
+    norm = torch.sqrt(sum((t**2).sum() for t in g))
+    after_first = {k: v.clone() for k, v in net.state_dict().items()}  # BN stats moved by the first pass
+    assert not torch.equal(after_first["1.running_mean"], before["1.running_mean"])
+    sam_gradient(net, 0.05, loss)
+    # the weights are back, bit for bit; the second pass left the BN statistics as the first pass set them
+    for k, v in net.state_dict().items():
+        assert k.endswith("num_batches_tracked") or torch.equal(v, after_first[k]), k
+    assert net[1].momentum == 0.1
+    # the gradient now is the plain gradient at w + 0.05 g / |g|, computed by hand
+    ref = copy.deepcopy(net)
+    ref[1].momentum = 0.0
+    with torch.no_grad():
+        for p, gp in zip(ref.parameters(), g, strict=True):
+            p.add_(gp * (0.05 / norm))
+    ref.zero_grad()
+    ((ref(x) ** 2).mean() + sum((p**2).sum() for p in ref.parameters())).backward()
+    for p, r, gp in zip(net.parameters(), ref.parameters(), g, strict=True):
+        assert torch.allclose(p.grad, r.grad, atol=1e-6)
+        assert not torch.allclose(p.grad, gp)  # not the plain gradient
+
+
+def test_sam_acts_is_seeded_recorded_and_validated(manifest: Path, plain: Path, tmp_path: Path) -> None:
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--sam", "0.05", "--out", str(tmp_path / "a"), "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    a, b = tmp_path / "a", train(_cfg(manifest, tmp_path / "b", sam=0.05))
+    wa, wb, wp = _weights(a), _weights(b), _weights(plain)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the flag and the field: the same seeded run
+    assert not torch.equal(wa["net.conv.conv1.weight"], wp["net.conv.conv1.weight"])
+    assert json.loads((a / "run.json").read_text())["config"]["sam"] == 0.05
+    assert load_bundle(a / "model").config.training["sam"] == 0.05
+    mixed = train(_cfg(manifest, tmp_path / "m", sam=0.05, mixup=0.4))  # with mixup: the blend is kept
+    assert np.isfinite(pd.read_csv(mixed / "history.csv")["train_loss"]).all()
+    for kw, why in (
+        ({"sam": -0.1}, "a number in"),
+        ({"sam": "0.05"}, "a number in"),
+        ({"sam": 0.05, "adversary": "conditional"}, "source adversary or group_dro"),
+        ({"sam": 0.05, "group_dro": 0.01}, "source adversary or group_dro"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            TrainConfig(**kw)

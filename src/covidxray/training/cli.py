@@ -90,6 +90,9 @@ HELP: dict[str, str] = {
     "covid_masked_sources": "comma-separated sources holding no COVID-19 by construction (e.g. kermany) whose "
     "images train only the choice among the other classes: their loss is the softmax over the classes other than "
     "COVID-19, so telling such a source apart cannot lower p(covid) (default: none)",
+    "sam": "sharpness-aware minimisation: each step's gradient is taken at the weights moved this far (rho) "
+    "along the normalised gradient, then applied to the unmoved weights; twice the compute per step (0: off; "
+    "0.05 in the paper)",
     "mixup": "mixup alpha: train on Beta(alpha, alpha) blends of image pairs, the loss blended alike (0: off)",
     "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
     "instead of the best on in-source validation, and stop after it (0: best on validation)",

@@ -53,6 +53,13 @@ the sources that hold COVID-19 and their own negatives alone. A partial-label lo
 are unchanged. Validation scores those rows the same way (the figures that drive the LR schedule, early stopping
 and the kept epoch); the plain validation COVID-19 AUC, what the bundle's predictions give, is recorded beside them
 (``val_auc_covid_unmasked``). A fold that holds a masked source out has nothing to mask.
+
+**Sharpness-aware minimisation** (``sam`` = rho > 0; Foret et al., ICLR 2021): each step first moves the weights
+by rho along the normalised gradient (the worst nearby point to first order), takes the gradient there, and
+applies it to the unmoved weights with the run's optimizer, so the run seeks a minimum whose whole neighbourhood
+has low loss -- flat minima, which domain-generalisation studies link to transfer to unseen domains (Cha et al.
+2021, SWAD). Twice the training compute per step; the batch-norm running statistics are updated by the first
+pass only. Off (0): the step is the plain one, bit for bit.
 """
 
 from __future__ import annotations
@@ -153,6 +160,7 @@ class TrainConfig:
     # comma-separated sources that hold no COVID-19 by construction (e.g. kermany): their images train only the
     # choice among the other classes (the COVID-19 logit masked out of their loss), .trainer.covid_mask
     covid_masked_sources: str = ""
+    sam: float = 0.0  # sharpness-aware minimisation: the weight perturbation's radius rho (0: off), .trainer
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
@@ -161,6 +169,7 @@ class TrainConfig:
         self.source_power = float(self.source_power)
         self.label_smoothing, self.weight_decay = float(self.label_smoothing), float(self.weight_decay)
         self.group_dro = float(self.group_dro)
+        self.sam = float(self.sam)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first field that cannot work."""
@@ -220,6 +229,16 @@ class TrainConfig:
         if self.group_dro and self.mixup:
             raise ConfigError(
                 "group_dro and mixup cannot be combined (a blended image belongs to two groups)"
+            )
+        if not _is_number(self.sam) or not 0.0 <= self.sam <= 1.0:
+            raise ConfigError(
+                f"sam is the radius rho of sharpness-aware minimisation's weight perturbation, a number in "
+                f"[0, 1] (0: off; 0.05 in the paper), got {self.sam!r}"
+            )
+        if self.sam and (self.adversary != "none" or self.group_dro):
+            raise ConfigError(
+                "sam cannot be combined with a source adversary or group_dro (each step's second, perturbed "
+                "pass would update their state a second time): drop one of them"
             )
         if masked_sources(self.covid_masked_sources):
             problem = ""

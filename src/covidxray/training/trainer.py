@@ -25,12 +25,14 @@ with the same numbers it would have produced uninterrupted.
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import inspect
 import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,36 @@ def build_model(cfg: TrainConfig, pre: Preprocessing, arch_kwargs: dict[str, Any
     if cfg.freeze_backbone:
         net.freeze_backbone()
     return XRayNet(net, pre.mean, pre.std, cfg.num_outputs)
+
+
+def sam_gradient(model: torch.nn.Module, rho: float, objective: Callable[[], torch.Tensor]) -> None:
+    """Sharpness-aware minimisation's second pass (Foret et al., ICLR 2021): with ``model``'s gradients of the
+    batch loss in place, move the weights by ``rho`` along the normalised gradient, replace the gradients by those
+    of ``objective()`` (the same batch's loss) there, and put the weights back, so the optimizer's step applies
+    the gradient of the worst nearby point to the unmoved weights. Batch-norm running statistics keep the first
+    pass's update (momentum 0 in the second)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in params]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        scale = rho / (float(norm) + 1e-12)
+        for p in params:
+            p.add_(p.grad, alpha=scale)
+    try:
+        for m in bns:
+            m.momentum = 0.0
+        model.zero_grad(set_to_none=True)
+        objective().backward()
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        with torch.no_grad():
+            for p, w in zip(params, saved, strict=True):
+                p.copy_(w)
 
 
 def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -413,16 +445,11 @@ class _Run:
             x = self.augment(x, batch_generator(cfg.seed, self.epoch, self.step, ctx.rank))
             x = x.to(ctx.device).contiguous(memory_format=CHANNELS_LAST)
             y = torch.from_numpy(split.targets[idx]).to(ctx.device)
-            if self.adversary is None and cfg.mixup:
-                lam, perm = mixup_draw(cfg.mixup, len(y), cfg.seed, self.epoch, self.step, ctx.rank)
-                x = lam * x + (1 - lam) * x[perm]
-                logits = self.net(x)
-                loss = total = lam * task_loss(logits, y, weight, cfg.label_smoothing) + (
-                    1 - lam
-                ) * task_loss(logits, y[perm], weight, cfg.label_smoothing)
-            elif self.adversary is None:
-                logits = self._masked(self.net(x), idx)
-                loss, total = self._task_loss(logits, y, weight, idx)
+            if self.adversary is None:
+                mix = None
+                if cfg.mixup:
+                    mix = mixup_draw(cfg.mixup, len(y), cfg.seed, self.epoch, self.step, ctx.rank)
+                logits, loss, total = self._objective(x, y, weight, idx, mix)
             else:
                 lam = dann_lambda(cfg.adversary_weight, (self.epoch * n_batches + self.step) / total_steps)
                 src = torch.from_numpy(src_all[idx]).to(ctx.device)
@@ -436,6 +463,8 @@ class _Run:
                 self.sums["adv_lambda"] = lam
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if cfg.sam:  # (validated: no adversary, no GroupDRO, whose state a second pass would move)
+                sam_gradient(self.net, cfg.sam, functools.partial(self._minimised, x, y, weight, idx, mix))
             self.optimizer.step()
             with torch.no_grad():
                 pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
@@ -453,6 +482,31 @@ class _Run:
                 self.checkpoint()
         if bar is not None:
             bar.close()
+
+    def _objective(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weight: torch.Tensor | None,
+        idx: np.ndarray,
+        mix: tuple[float, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, the loss recorded, the loss minimised) of a batch without a source adversary; ``mix`` =
+        (lambda, permutation) blends the batch with itself first (mixup)."""
+        if mix is not None:
+            lam, perm = mix
+            logits = self.net(lam * x + (1 - lam) * x[perm])
+            smoothing = self.cfg.label_smoothing
+            loss = lam * task_loss(logits, y, weight, smoothing) + (1 - lam) * task_loss(
+                logits, y[perm], weight, smoothing
+            )
+            return logits, loss, loss
+        logits = self._masked(self.net(x), idx)
+        return (logits, *self._task_loss(logits, y, weight, idx))
+
+    def _minimised(self, *batch: Any) -> torch.Tensor:
+        """The loss :meth:`_objective` minimises (sharpness-aware minimisation's second pass)."""
+        return self._objective(*batch)[2]
 
     def _masked(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         """The batch's logits as its loss sees them: COVID-19 masked for the rows of ``covid_masked_sources``."""
