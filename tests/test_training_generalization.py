@@ -691,3 +691,40 @@ def test_sam_acts_is_seeded_recorded_and_validated(manifest: Path, plain: Path, 
     ):
         with pytest.raises(ConfigError, match=why):
             TrainConfig(**kw)
+
+
+def test_average_every_averages_the_weights_of_each_step_and_survives_a_resume(
+    manifest: Path, tmp_path: Path
+) -> None:
+    """--average-every K: the snapshots every K steps of the averaged epochs. With K = the steps of an epoch the
+    snapshots are the epoch ends, so the model is the epoch-end average bit for bit; K = 1 (SWAD's dense form)
+    is another model; a run resumed between epochs gives the same one as a run made at once."""
+    from covidxray.training.trainer import resume
+
+    kw = dict(epochs=2, average_from=1, epoch_samples=32, batch_size=8)  # 4 steps an epoch
+    sparse = train(_cfg(manifest, tmp_path / "sparse", **kw))
+    at_ends = train(_cfg(manifest, tmp_path / "ends", average_every=4, **kw))
+    ws, we = _weights(sparse), _weights(at_ends)
+    assert all(torch.equal(ws[k], we[k]) for k in ws)
+    info = json.loads((at_ends / "run.json").read_text())
+    assert info["averaged_steps"] == 2 and info["config"]["average_every"] == 4
+    assert info["selected_by"] == "average of epochs 1-2 (average_from 1, every 4 steps)"
+    assert "averaged_steps" not in json.loads((sparse / "run.json").read_text())
+    argv = ["train", "--manifest", str(manifest), "--model", "seed_cnn6", "--image-size", "32", "--epochs", "2",
+            "--batch-size", "8", "--threads", "1", "--checkpoint-every", "0", "--no-progress", "--init", "glorot",
+            "--epoch-samples", "32", "--average-from", "1", "--average-every", "1", "--out", str(tmp_path / "dense"),
+            "--cache-dir", str(manifest.parent / "cache")]  # fmt: skip
+    assert main(argv) == 0
+    dense = tmp_path / "dense"
+    wd = _weights(dense)
+    assert not torch.equal(wd["net.conv.conv1.weight"], ws["net.conv.conv1.weight"])
+    assert load_bundle(dense / "model").config.training["averaged_steps"] == 8
+    first = train(_cfg(manifest, tmp_path / "resumed", average_every=1, **{**kw, "epochs": 1}))
+    resume(first, epochs=2, progress=False)
+    wr = _weights(first)
+    assert all(torch.equal(wr[k], wd[k]) for k in wd)
+    assert json.loads((first / "run.json").read_text())["averaged_steps"] == 8
+    with pytest.raises(ConfigError, match="average_every must not be negative"):
+        TrainConfig(average_every=-1, average_from=1)
+    with pytest.raises(ConfigError, match="give --average-from N too"):
+        TrainConfig(average_every=1)

@@ -96,6 +96,8 @@ HELP: dict[str, str] = {
     "mixup": "mixup alpha: train on Beta(alpha, alpha) blends of image pairs, the loss blended alike (0: off)",
     "select_epoch": "keep the weights of this epoch (chosen out of source, e.g. on leave-one-source-out curves) "
     "instead of the best on in-source validation, and stop after it (0: best on validation)",
+    "average_every": "with --average-from: average the weights every this many optimizer steps of those epochs "
+    "instead of at their ends (1: dense, as SWAD) (0: epoch ends)",
     "average_from": "weight averaging (SWA): keep the mean of the weights of this epoch to the last one instead of "
     "one epoch (every epoch's weights kept; patience does not stop the run) (0: off)",
 }

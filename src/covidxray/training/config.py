@@ -44,6 +44,9 @@ form SWAD, Cha et al. 2021, is a domain-generalisation method): ``model/`` holds
 weights at the end of epochs N to the last one run (``torch.optim.swa_utils.AveragedModel``; batch-norm
 statistics recomputed on the training images by ``update_bn``), instead of one epoch chosen on validation or out of
 source. Every epoch's weights are kept for it (as with ``epoch_weights``) and patience does not stop the run.
+``average_every`` = K > 0 takes the weights every K optimizer steps of those epochs instead of at their ends
+(K = 1: SWAD's dense averaging, Cha et al. 2021); the running average is part of the checkpoint, so a resumed run
+gives the same model.
 
 **COVID-19 masked for some sources** (``covid_masked_sources``, e.g. ``"kermany"``): a source that holds no
 COVID-19 by construction (Kermany's children) still teaches normal against pneumonia, but its rows' loss is the
@@ -151,6 +154,7 @@ class TrainConfig:
     select_epoch: int = 0
     mixup: float = 0.0  # mixup: Beta(alpha, alpha) blends of image pairs and of their losses (0: off)
     average_from: int = 0  # weight averaging: model/ = mean of the weights of epochs N..last (0: off)
+    average_every: int = 0  # with average_from: average every N optimizer steps instead (0: epoch ends), SWAD
     label_smoothing: float = 0.0  # share of each training target spread evenly over the classes (0: off)
     weight_decay: float = 0.0  # adam: decoupled decay (AdamW); rmsprop / sgd: an L2 term; 0: off
     group_dro: float = 0.0  # GroupDRO step size over the (source, class) groups (0: off), .groupdro
@@ -272,6 +276,15 @@ class TrainConfig:
             )
         if self.average_from < 0:
             raise ConfigError(f"average_from must not be negative (0: no averaging), got {self.average_from}")
+        if self.average_every < 0:
+            raise ConfigError(
+                f"average_every must not be negative (0: the weights at epoch ends), got {self.average_every}"
+            )
+        if self.average_every and not self.average_from:
+            raise ConfigError(
+                f"average_every {self.average_every} sets how often weight averaging takes the weights, but "
+                "average_from is 0 (no averaging): give --average-from N too"
+            )
         last = self.select_epoch or self.epochs
         if self.average_from > last:
             raise ConfigError(

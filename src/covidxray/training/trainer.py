@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from covidxray.bundle import BundleConfig, save_bundle, update_bundle
 from covidxray.data.manifest import root_label
@@ -332,6 +333,8 @@ class _Run:
         self.train_seconds = 0.0
         self.status = "running"
         self.averaged: tuple[int, int] | None = None  # (first, last) epoch once model/ holds their average
+        self.dense: AveragedModel | None = None  # average_every: the running average of the weights so far
+        self.averaged_steps = 0  # ... and how many snapshots it holds, once model/ is that average
         self.averaged_holdout: dict[str, Any] = {}
         self.final_holdout: dict[str, Any] = {}  # holdout_final_only, no averaging: the kept model's figures
         self.averaging_skipped = ""
@@ -388,6 +391,7 @@ class _Run:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(),
+            "dense_average": None if self.dense is None else self.dense.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -406,6 +410,9 @@ class _Run:
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("dense_average") is not None:
+            self.dense = AveragedModel(self.model)
+            self.dense.load_state_dict(state["dense_average"])
 
     def checkpoint(self) -> None:
         if self.ctx.is_main:
@@ -466,6 +473,14 @@ class _Run:
             if cfg.sam:  # (validated: no adversary, no GroupDRO, whose state a second pass would move)
                 sam_gradient(self.net, cfg.sam, functools.partial(self._minimised, x, y, weight, idx, mix))
             self.optimizer.step()
+            if (
+                cfg.average_every
+                and self.epoch + 1 >= cfg.average_from
+                and (self.step + 1) % cfg.average_every == 0
+            ):
+                if self.dense is None:
+                    self.dense = AveragedModel(self.model)
+                self.dense.update_parameters(self.model)
             with torch.no_grad():
                 pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
             self.sums["loss"] += loss.item() * len(y)
@@ -635,7 +650,8 @@ class _Run:
     def selected_by(self) -> str:
         if self.averaged:
             first, last = self.averaged
-            return f"average of epochs {first}-{last} (average_from {first})"
+            every = f", every {self.cfg.average_every} steps" if self.averaged_steps else ""
+            return f"average of epochs {first}-{last} (average_from {first}{every})"
         return f"select_epoch {self.cfg.select_epoch}" if self.cfg.select_epoch else f"best {self.monitor}"
 
     def holdout_figures(self, model: XRayNet) -> dict[str, Any]:
@@ -653,6 +669,8 @@ class _Run:
         if not self.cfg.average_from:
             return {}
         d: dict[str, Any] = {"averaged_epochs": list(self.averaged) if self.averaged else None}
+        if self.averaged and self.averaged_steps:
+            d["averaged_steps"] = self.averaged_steps
         if self.averaged_holdout:
             d["averaged_holdout"] = self.averaged_holdout
         if self.averaging_skipped:
@@ -684,7 +702,14 @@ class _Run:
         # every rank averages (the files are rank 0's, written before the epoch's closing broadcast: a shared
         # disk), because predict_logits gathers over the ranks
         bn = self.bn_batches() if has_batch_norm(self.model) else None
-        averaged = average_epoch_weights(self.model, self.dir, first, last, bn, device=ctx.device)
+        if self.dense is not None:
+            averaged = copy.deepcopy(self.dense)
+            if bn is not None:
+                update_bn(bn, averaged, device=torch.device(ctx.device))
+            averaged = averaged.module.eval()
+            self.averaged_steps = int(self.dense.n_averaged)
+        else:
+            averaged = average_epoch_weights(self.model, self.dir, first, last, bn, device=ctx.device)
         averaged = averaged.to(ctx.device, memory_format=CHANNELS_LAST)
         self.best_metrics = self.val_figures(averaged)
         self.averaged_holdout = self.holdout_figures(averaged)
