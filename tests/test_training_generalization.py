@@ -728,3 +728,28 @@ def test_average_every_averages_the_weights_of_each_step_and_survives_a_resume(
         TrainConfig(average_every=-1, average_from=1)
     with pytest.raises(ConfigError, match="give --average-from N too"):
         TrainConfig(average_every=1)
+
+
+def test_random_erasing_puts_one_noise_box_per_picked_image_is_seeded_and_acts(
+    manifest: Path, plain: Path, tmp_path: Path
+) -> None:
+    x = torch.full((16, 1, 32, 32), 0.5)
+    out = Augment("none", 32, erasing=1.0)(x, batch_generator(0, 0, 0))
+    again = Augment("none", 32, erasing=1.0)(x, batch_generator(0, 0, 0))
+    assert torch.equal(out, again) and torch.equal(x, torch.full_like(x, 0.5))  # seeded; the input untouched
+    for img in out[:, 0]:
+        changed = torch.nonzero(img != 0.5)
+        (r0, c0), (r1, c1) = changed.min(0).values.tolist(), changed.max(0).values.tolist()
+        box = (r1 - r0 + 1) * (c1 - c0 + 1)
+        assert 0.02 * 1024 - 8 <= box <= 1024 / 3 + 40  # one box of 2-33 % of the area (rounded sides)
+        assert len(changed) >= 0.95 * box  # noise fills the box (a noise value may equal 0.5 by chance)
+    assert torch.equal(Augment("none", 32, erasing=0.0)(x, batch_generator(0, 0, 0)), x)
+    some = Augment("none", 32, erasing=0.5)(x, batch_generator(0, 0, 1))
+    n_erased = int(((some != 0.5).flatten(1).any(1)).sum())
+    assert 2 <= n_erased <= 14
+    run = train(_cfg(manifest, tmp_path / "erase", erasing=0.5))
+    assert not torch.equal(_weights(run)["net.conv.conv1.weight"], _weights(plain)["net.conv.conv1.weight"])
+    assert json.loads((run / "run.json").read_text())["config"]["erasing"] == 0.5
+    for bad in (1.5, -0.1, "0.5"):
+        with pytest.raises(ConfigError, match="erasing is a probability"):
+            TrainConfig(erasing=bad)

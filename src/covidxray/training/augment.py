@@ -11,6 +11,9 @@
   No horizontal flip: the heart is on the left in nearly every chest X-ray, a mirrored one is not a real image.
 - ``none``: identity.
 
+**Random erasing** (``erasing=p`` > 0, any policy; ``TrainConfig.erasing``, ``--erasing``): last, each image with
+probability ``p`` gets one random box of 2-33 % of its area filled with uniform noise (Zhong et al. 2020).
+
 **Acquisition randomisation** (``acquisition=p`` > 0, any policy; ``TrainConfig.acquisition``, ``--acquisition``):
 after the policy, each image independently gets, each with probability ``p``, what another hospital's scanner,
 processing and export would change -- the style cues a model can learn instead of the disease (DeGrave et al.
@@ -91,11 +94,13 @@ def affine_warp(
 class Augment:
     """A policy by name; ``augment(batch, generator)`` returns a new batch clipped to [0, 1]."""
 
-    def __init__(self, policy: str, image_size: int, acquisition: float = 0.0):
+    def __init__(self, policy: str, image_size: int, acquisition: float = 0.0, erasing: float = 0.0):
         if policy not in AUGMENTS:
             raise ValueError(f"augmentation policy must be one of {list(AUGMENTS)}, got {policy!r}")
-        if not 0 <= acquisition <= 1:
-            raise ValueError(f"acquisition is a probability in [0, 1], got {acquisition}")
+        for name, v in (("acquisition", acquisition), ("erasing", erasing)):
+            if not 0 <= v <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {v}")
+        self.erasing = float(erasing)
         self.policy = policy
         self.image_size = int(image_size)
         self.acquisition = float(acquisition)
@@ -111,6 +116,26 @@ class Augment:
             x = self._light(x, g)
         if self.acquisition > 0:
             x = self._acquisition(x, g)
+        if self.erasing > 0:
+            x = self._erase(x, g)
+        return x
+
+    def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Random erasing (Zhong et al., AAAI 2020): each image, with probability ``self.erasing``, gets one box of
+        2-33 % of its area (aspect ratio 0.3-3.3, log-uniform, anywhere in the image) replaced by uniform noise,
+        so no single region -- a rib, a border, the heart's outline -- can carry the decision alone."""
+        n, size = x.shape[0], x.shape[-1]
+        pick = _chance(n, self.erasing, g)
+        area = _uniform(n, 0.02, 1 / 3, g) * size * size
+        aspect = torch.exp(_uniform(n, float(np.log(0.3)), float(np.log(1 / 0.3)), g))
+        h = (area * aspect).sqrt().round().long().clamp(1, size)
+        w = (area / aspect).sqrt().round().long().clamp(1, size)
+        top, left = torch.rand(n, generator=g), torch.rand(n, generator=g)
+        x = x.clone()
+        for i in pick.nonzero().flatten().tolist():
+            hi, wi = int(h[i]), int(w[i])
+            r, c = int(top[i] * (size - hi + 1)), int(left[i] * (size - wi + 1))
+            x[i, :, r : r + hi, c : c + wi] = torch.rand((x.shape[1], hi, wi), generator=g)
         return x
 
     # -- acquisition randomisation ---------------------------------------------------------------------------

@@ -90,6 +90,7 @@ HELP: dict[str, str] = {
     "covid_masked_sources": "comma-separated sources holding no COVID-19 by construction (e.g. kermany) whose "
     "images train only the choice among the other classes: their loss is the softmax over the classes other than "
     "COVID-19, so telling such a source apart cannot lower p(covid) (default: none)",
+    "erasing": "random erasing: chance that an image gets one box of 2-33 %% of its area filled with noise (0: off)",
     "sam": "sharpness-aware minimisation: each step's gradient is taken at the weights moved this far (rho) "
     "along the normalised gradient, then applied to the unmoved weights; twice the compute per step (0: off; "
     "0.05 in the paper)",

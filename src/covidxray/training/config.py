@@ -164,6 +164,7 @@ class TrainConfig:
     # comma-separated sources that hold no COVID-19 by construction (e.g. kermany): their images train only the
     # choice among the other classes (the COVID-19 logit masked out of their loss), .trainer.covid_mask
     covid_masked_sources: str = ""
+    erasing: float = 0.0  # random erasing: chance of one noise-filled box per image (0: off), .augment
     sam: float = 0.0  # sharpness-aware minimisation: the weight perturbation's radius rho (0: off), .trainer
 
     def __post_init__(self) -> None:
@@ -204,8 +205,10 @@ class TrainConfig:
             raise ConfigError("workers, patience, checkpoint_every and threads must not be negative")
         if self.adversary_weight < 0:
             raise ConfigError(f"adversary_weight must not be negative, got {self.adversary_weight}")
-        if not 0 <= self.acquisition <= 1:
-            raise ConfigError(f"acquisition is a probability in [0, 1], got {self.acquisition}")
+        for name in ("acquisition", "erasing"):
+            v = getattr(self, name)
+            if not _is_number(v) or not 0 <= v <= 1:
+                raise ConfigError(f"{name} is a probability in [0, 1], got {v!r}")
         if self.holdout_final_only and not self.holdout_source:
             raise ConfigError(
                 "holdout_final_only changes when a held-out source is scored, but no holdout_source is set: "

@@ -297,7 +297,7 @@ class _Run:
             None,
         )
         self.monitor = "val_auc_macro" if len(np.unique(self.val_split.targets)) > 1 else "val_loss"
-        self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition)
+        self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition, erasing=cfg.erasing)
         self.dro = (
             GroupDRO.for_split(
                 self.train_split.sources,
