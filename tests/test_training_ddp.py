@@ -29,6 +29,7 @@ def test_two_process_run_writes_one_bundle_with_whole_split_metrics(tmp_path: Pa
         str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "covidxray.cli", "train",
         "--manifest", str(manifest), "--model", "seed_cnn2", "--out", str(run), "--epochs", "1",
         "--image-size", "32", "--batch-size", "4", "--cache-dir", str(cache), "--no-progress",
+        "--sam", "0.05",  # sharpness-aware minimisation's second pass runs under DDP too
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -36,7 +37,7 @@ def test_two_process_run_writes_one_bundle_with_whole_split_metrics(tmp_path: Pa
     assert done.stdout.count("bundle: ") == 1  # rank 0 alone reports (and writes)
 
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "completed" and info["world_size"] == 2
+    assert info["status"] == "completed" and info["world_size"] == 2 and info["config"]["sam"] == 0.05
     bundle = load_bundle(run / "model")
     assert bundle.config.training["world_size"] == 2
 

@@ -724,8 +724,9 @@ def test_average_every_averages_the_weights_of_each_step_and_survives_a_resume(
     wr = _weights(first)
     assert all(torch.equal(wr[k], wd[k]) for k in wd)
     assert json.loads((first / "run.json").read_text())["averaged_steps"] == 8
-    with pytest.raises(ConfigError, match="average_every must not be negative"):
-        TrainConfig(average_every=-1, average_from=1)
+    for bad in (-1, 2.5, True, "2"):
+        with pytest.raises(ConfigError, match="average_every is a whole number of optimizer steps"):
+            TrainConfig(average_every=bad, average_from=1)
     with pytest.raises(ConfigError, match="give --average-from N too"):
         TrainConfig(average_every=1)
 
@@ -753,3 +754,44 @@ def test_random_erasing_puts_one_noise_box_per_picked_image_is_seeded_and_acts(
     for bad in (1.5, -0.1, "0.5"):
         with pytest.raises(ConfigError, match="erasing is a probability"):
             TrainConfig(erasing=bad)
+
+
+def test_average_every_counts_steps_over_the_run_resumes_mid_epoch_and_says_when_it_took_nothing(
+    manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from covidxray.training import trainer
+    from covidxray.training.trainer import reselect_epoch, resume
+
+    kw = dict(epochs=2, average_from=1, epoch_samples=32, batch_size=8)  # 4 steps an epoch, 8 in all
+    six = train(_cfg(manifest, tmp_path / "six", average_every=6, **kw))  # K need not divide an epoch
+    assert json.loads((six / "run.json").read_text())["averaged_steps"] == 1  # the run's 6th step only
+    # more than the window's steps: nothing taken, said so, and the epoch-end average kept
+    many = train(_cfg(manifest, tmp_path / "many", average_every=100, **kw))
+    sparse = train(_cfg(manifest, tmp_path / "sparse", **kw))
+    info = json.loads((many / "run.json").read_text())
+    assert "averaged_steps" not in info and "no snapshot was taken" in info["averaging_note"]
+    wm, ws = _weights(many), _weights(sparse)
+    assert all(torch.equal(wm[k], ws[k]) for k in ws)
+    # a run stopped mid-epoch (after the checkpoint of step 2 of epoch 2) and resumed gives the same model
+    whole = train(_cfg(manifest, tmp_path / "whole", average_every=1, checkpoint_every=2, **kw))
+    calls, real = [], trainer._Run.checkpoint
+
+    def stop_after_three(self) -> None:
+        real(self)
+        calls.append((self.epoch, self.step))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer._Run, "checkpoint", stop_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(manifest, tmp_path / "cut", average_every=1, checkpoint_every=2, **kw))
+    monkeypatch.setattr(trainer._Run, "checkpoint", real)
+    assert calls[-1] == (1, 2)  # mid-epoch: epoch 2 (0-based 1), after its second step
+    resume(tmp_path / "cut", progress=False)
+    ww, wc = _weights(whole), _weights(tmp_path / "cut")
+    assert all(torch.equal(ww[k], wc[k]) for k in ww)
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["averaged_steps"] == 8
+    # one epoch re-selected from a dense run: the bundle no longer claims an average
+    reselect_epoch(whole, 2, "select_epoch 2")
+    training = load_bundle(whole / "model").config.training
+    assert "averaged_steps" not in training and training["selected_by"] == "select_epoch 2"

@@ -123,7 +123,9 @@ class Augment:
     def _erase(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Random erasing (Zhong et al., AAAI 2020): each image, with probability ``self.erasing``, gets one box of
         2-33 % of its area (aspect ratio 0.3-3.3, log-uniform, anywhere in the image) replaced by uniform noise,
-        so no single region -- a rib, a border, the heart's outline -- can carry the decision alone."""
+        so no single region -- a rib, a border, the heart's outline -- can carry the decision alone. A box too long
+        for the image is clipped to its side (a smaller area). Every channel gets the same noise (the inputs are
+        grey)."""
         n, size = x.shape[0], x.shape[-1]
         pick = _chance(n, self.erasing, g)
         area = _uniform(n, 0.02, 1 / 3, g) * size * size
@@ -135,7 +137,7 @@ class Augment:
         for i in pick.nonzero().flatten().tolist():
             hi, wi = int(h[i]), int(w[i])
             r, c = int(top[i] * (size - hi + 1)), int(left[i] * (size - wi + 1))
-            x[i, :, r : r + hi, c : c + wi] = torch.rand((x.shape[1], hi, wi), generator=g)
+            x[i, :, r : r + hi, c : c + wi] = torch.rand((1, hi, wi), generator=g)  # one grey plane
         return x
 
     # -- acquisition randomisation ---------------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Augment:
         return x.clamp_(0.0, 1.0)
 
     def __repr__(self) -> str:
-        return f"Augment({self.policy!r})"
+        return f"Augment({self.policy!r}, acquisition={self.acquisition}, erasing={self.erasing})"
 
 
 def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:

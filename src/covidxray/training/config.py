@@ -279,9 +279,14 @@ class TrainConfig:
             )
         if self.average_from < 0:
             raise ConfigError(f"average_from must not be negative (0: no averaging), got {self.average_from}")
-        if self.average_every < 0:
+        if (
+            not isinstance(self.average_every, int)
+            or isinstance(self.average_every, bool)
+            or self.average_every < 0
+        ):
             raise ConfigError(
-                f"average_every must not be negative (0: the weights at epoch ends), got {self.average_every}"
+                "average_every is a whole number of optimizer steps, >= 0 (0: the weights at epoch ends), got "
+                f"{self.average_every!r}"
             )
         if self.average_every and not self.average_from:
             raise ConfigError(

@@ -124,6 +124,7 @@ def sam_gradient(model: torch.nn.Module, rho: float, objective: Callable[[], tor
         return
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in bns]
+    tracked = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in bns]
     with torch.no_grad():
         saved = [p.detach().clone() for p in params]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
@@ -136,8 +137,10 @@ def sam_gradient(model: torch.nn.Module, rho: float, objective: Callable[[], tor
         model.zero_grad(set_to_none=True)
         objective().backward()
     finally:
-        for m, momentum in zip(bns, momenta, strict=True):
+        for m, momentum, count in zip(bns, momenta, tracked, strict=True):
             m.momentum = momentum
+            if count is not None:  # the second pass is not a batch of its own (momentum None: a running mean)
+                m.num_batches_tracked.copy_(count)
         with torch.no_grad():
             for p, w in zip(params, saved, strict=True):
                 p.copy_(w)
@@ -338,6 +341,7 @@ class _Run:
         self.averaged_holdout: dict[str, Any] = {}
         self.final_holdout: dict[str, Any] = {}  # holdout_final_only, no averaging: the kept model's figures
         self.averaging_skipped = ""
+        self.averaging_note = ""  # average_every took no snapshot: the epoch-end average was kept instead
         if resume:
             self._restore(load_checkpoint(self.dir))
         elif ctx.is_main and checkpoint_path(self.dir).exists():
@@ -473,10 +477,10 @@ class _Run:
             if cfg.sam:  # (validated: no adversary, no GroupDRO, whose state a second pass would move)
                 sam_gradient(self.net, cfg.sam, functools.partial(self._minimised, x, y, weight, idx, mix))
             self.optimizer.step()
-            if (
+            if (  # steps counted over the whole run, so K need not divide an epoch's steps
                 cfg.average_every
                 and self.epoch + 1 >= cfg.average_from
-                and (self.step + 1) % cfg.average_every == 0
+                and (self.epoch * n_batches + self.step + 1) % cfg.average_every == 0
             ):
                 if self.dense is None:
                     self.dense = AveragedModel(self.model)
@@ -675,6 +679,8 @@ class _Run:
             d["averaged_holdout"] = self.averaged_holdout
         if self.averaging_skipped:
             d["averaging_skipped"] = self.averaging_skipped
+        if self.averaging_note:
+            d["averaging_note"] = self.averaging_note
         return d
 
     def bn_batches(self) -> list[torch.Tensor]:
@@ -702,6 +708,12 @@ class _Run:
         # every rank averages (the files are rank 0's, written before the epoch's closing broadcast: a shared
         # disk), because predict_logits gathers over the ranks
         bn = self.bn_batches() if has_batch_norm(self.model) else None
+        if cfg.average_every and self.dense is None:
+            self.averaging_note = (
+                f"average_every {cfg.average_every} is more than the optimizer steps of epochs {first}-{last}: no "
+                "snapshot was taken, so model/ holds the average of those epochs' end weights instead"
+            )
+            _say(cfg, ctx, self.averaging_note)
         if self.dense is not None:
             averaged = copy.deepcopy(self.dense)
             if bn is not None:
@@ -912,7 +924,12 @@ def reselect_epoch(run_dir: str | Path, epoch: int, reason: str) -> Path:
     bundle.model.load_state_dict(load_file(str(path)))
     row = next((h for h in read_history(run) if int(h["epoch"]) == epoch), {})
     config = bundle.config
-    dropped = ("averaged_epochs", "averaged_holdout", "averaging_skipped")  # one epoch now, not an average
+    dropped = (
+        "averaged_epochs",
+        "averaged_holdout",
+        "averaging_skipped",
+        "averaged_steps",
+    )  # one epoch now, not an average
     config.training = {
         **{k: v for k, v in config.training.items() if k not in dropped},
         "best_epoch": epoch,
