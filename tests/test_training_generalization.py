@@ -795,3 +795,5 @@ def test_average_every_counts_steps_over_the_run_resumes_mid_epoch_and_says_when
     reselect_epoch(whole, 2, "select_epoch 2")
     training = load_bundle(whole / "model").config.training
     assert "averaged_steps" not in training and training["selected_by"] == "select_epoch 2"
+    reselect_epoch(many, 2, "select_epoch 2")  # nor the note of an average that took no snapshot
+    assert "averaging_note" not in load_bundle(many / "model").config.training

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -295,10 +295,8 @@ class _Run:
         self.weight = class_weight_tensor(cfg, self.train_split, self.sample_p)
         # validation scores the masked rows the way they are trained (else p(covid) of a masked source's images,
         # never trained, would move the LR schedule, early stopping and the kept epoch)
-        self.covid_masked, self.covid_masked_val = covid_mask(cfg, self.train_split, self.val_split) or (
-            None,
-            None,
-        )
+        masks = covid_mask(cfg, self.train_split, self.val_split)
+        self.covid_masked, self.covid_masked_val = masks if masks is not None else (None, None)
         self.monitor = "val_auc_macro" if len(np.unique(self.val_split.targets)) > 1 else "val_loss"
         self.augment = Augment(cfg.augment, cfg.image_size, acquisition=cfg.acquisition, erasing=cfg.erasing)
         self.dro = (
@@ -337,7 +335,6 @@ class _Run:
         self.status = "running"
         self.averaged: tuple[int, int] | None = None  # (first, last) epoch once model/ holds their average
         self.dense: AveragedModel | None = None  # average_every: the running average of the weights so far
-        self.averaged_steps = 0  # ... and how many snapshots it holds, once model/ is that average
         self.averaged_holdout: dict[str, Any] = {}
         self.final_holdout: dict[str, Any] = {}  # holdout_final_only, no averaging: the kept model's figures
         self.averaging_skipped = ""
@@ -651,6 +648,11 @@ class _Run:
         os.replace(tmp, path)
 
     @property
+    def averaged_steps(self) -> int:
+        """average_every: how many weight snapshots ``model/`` averages (0 until it holds their average)."""
+        return int(self.dense.n_averaged) if self.averaged and self.dense is not None else 0
+
+    @property
     def selected_by(self) -> str:
         if self.averaged:
             first, last = self.averaged
@@ -715,11 +717,7 @@ class _Run:
             )
             _say(cfg, ctx, self.averaging_note)
         if self.dense is not None:
-            averaged = copy.deepcopy(self.dense)
-            if bn is not None:
-                update_bn(bn, averaged, device=torch.device(ctx.device))
-            averaged = averaged.module.eval()
-            self.averaged_steps = int(self.dense.n_averaged)
+            averaged = averaged_module(copy.deepcopy(self.dense), bn, ctx.device)
         else:
             averaged = average_epoch_weights(self.model, self.dir, first, last, bn, device=ctx.device)
         averaged = averaged.to(ctx.device, memory_format=CHANNELS_LAST)
@@ -877,7 +875,6 @@ def average_epoch_weights(
     recompute its running statistics for the averaged weights (``update_bn``); ``model`` itself is left as it
     was."""
     from safetensors.torch import load_file
-    from torch.optim.swa_utils import AveragedModel, update_bn
 
     run = Path(run_dir)
     if not 1 <= first <= last:
@@ -898,9 +895,17 @@ def average_epoch_weights(
     for epoch in range(first, last + 1):
         work.load_state_dict(load_file(str(epoch_weights_path(run, epoch))))
         averaged.update_parameters(work)
-    if bn_batches is not None and has_batch_norm(model):
+    return averaged_module(averaged, bn_batches, device)
+
+
+def averaged_module(
+    averaged: AveragedModel, bn_batches: Iterable[torch.Tensor] | None, device: str | torch.device
+) -> XRayNet:
+    """The model inside ``averaged``, in eval mode: its parameters are the average; its batch-norm statistics
+    (the seed CNNs have none) are recomputed on ``bn_batches`` for them (``update_bn``), since averaging buffers
+    would not give the statistics of the averaged weights."""
+    if bn_batches is not None and has_batch_norm(averaged.module):
         update_bn(bn_batches, averaged, device=torch.device(device))
-    # the parameters are averaged; buffers (batch-norm statistics; the seed CNNs have none) are recomputed above
     return averaged.module.eval()
 
 
@@ -924,12 +929,8 @@ def reselect_epoch(run_dir: str | Path, epoch: int, reason: str) -> Path:
     bundle.model.load_state_dict(load_file(str(path)))
     row = next((h for h in read_history(run) if int(h["epoch"]) == epoch), {})
     config = bundle.config
-    dropped = (
-        "averaged_epochs",
-        "averaged_holdout",
-        "averaging_skipped",
-        "averaged_steps",
-    )  # one epoch now, not an average
+    # one epoch now, not an average
+    dropped = ("averaged_epochs", "averaged_holdout", "averaging_skipped", "averaged_steps", "averaging_note")
     config.training = {
         **{k: v for k, v in config.training.items() if k not in dropped},
         "best_epoch": epoch,
