@@ -146,6 +146,18 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
                 "n_negative": int((m & ~is_covid).sum()),
                 **auc_ci(is_covid[m], p_all[m], pid[m]),
             }
+        # the held-out COVID-19 against adults of hospitals no model here saw (JSRT, no COVID-19): the shape of
+        # the external test (COVID-19 of unseen collections against non-COVID adults of other hospitals)
+        pos = held & is_covid
+        jsrt_pid = jsrt["patient_id"].astype(str).to_numpy()
+        f["auc_out_vs_jsrt"] = {
+            "n_negative": len(p_jsrt),
+            **auc_ci(
+                np.r_[np.ones(pos.sum()), np.zeros(len(p_jsrt))],
+                np.r_[p_all[pos], p_jsrt],
+                np.r_[pid[pos], jsrt_pid],
+            ),
+        }
         training = load_bundle(members[fold][0] / "model").config.training
         f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
         f["averaged_epochs"] = training.get("averaged_epochs")
@@ -221,6 +233,14 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         a["probe"] = probe.balanced_accuracy
         a["probe_label_only"] = probe.label_only_baseline
         a["auc_test"] = auc_ci(is_covid[test], p_all[test], pid[test])
+        # the test split's COVID-19 (collections seen in training) against JSRT's adults (a hospital never seen)
+        pos = test & is_covid
+        jsrt_pid = jsrt["patient_id"].astype(str).to_numpy()
+        a["auc_test_covid_vs_jsrt"] = auc_ci(
+            np.r_[np.ones(pos.sum()), np.zeros(len(p_jsrt))],
+            np.r_[p_all[pos], p_jsrt],
+            np.r_[pid[pos], jsrt_pid],
+        )
         if "pooled" in out:
             # the point the all-sources model decides with: the pooled balanced threshold, or, when `covidxray
             # run` carried it to that model as an in-source sensitivity (covidxray.pipeline), the carried one
@@ -302,6 +322,9 @@ def against_table(rows: list[dict]) -> str:
         for fold in FOLDS:
             for neg, m in r["folds"].get(fold, {}).get("auc_out_against", {}).items():
                 lines.append(f"| {r['row']} | {fold} | {neg} | {m['n_negative']} | {fmt(m)} |")
+            m = r["folds"].get(fold, {}).get("auc_out_vs_jsrt")
+            if m:
+                lines.append(f"| {r['row']} | {fold} | JSRT adults | {m['n_negative']} | {fmt(m)} |")
     return "\n".join(lines)
 
 

@@ -635,6 +635,51 @@ def test_validation_scores_masked_sources_as_they_are_trained(manifest: Path, tm
     )  # what the bundle predicts, recorded beside
 
 
+def test_covid_mask_weight_blends_the_masked_and_the_plain_loss(manifest: Path, tmp_path: Path) -> None:
+    from covidxray.training.distributed import Dist
+    from covidxray.training.trainer import _Run, read_training_manifest
+
+    df = pd.read_csv(manifest)
+    df = df[~((df.source == "b") & (df.label == "covid"))]
+    path = manifest.parent / "no_covid_b_weight.csv"
+    df.to_csv(path, index=False)
+    runs = {}
+    for w in (1.0, 0.25):
+        cfg = _cfg(path, tmp_path / f"r{w}", covid_masked_sources="b", covid_mask_weight=w)
+        runs[w] = _Run(cfg, read_training_manifest(str(path)), Dist(), resume=False)
+    idx = np.arange(len(runs[1.0].train_split))
+    y = torch.from_numpy(runs[1.0].train_split.targets[idx])
+    raw = torch.randn(len(idx), 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    _, masked, _ = runs[1.0]._class_loss(raw, y, None, idx)
+    logits, recorded, minimised = runs[0.25]._class_loss(raw, y, None, idx)
+    plain = torch.nn.functional.cross_entropy(raw, y)
+    assert torch.isinf(logits).any()  # the logits as the loss sees them stay masked
+    assert recorded.item() == pytest.approx(0.25 * masked.item() + 0.75 * plain.item())
+    assert minimised.item() == pytest.approx(recorded.item())
+    minimised.backward()
+    b = torch.from_numpy(runs[1.0].train_split.sources[idx] == "b")
+    assert raw.grad[b, 0].ne(0).all()  # a weight below 1 lets source b lower p(covid) again, a little
+    # it acts in training and is recorded; 1 (the default) is the wholly masked loss
+    trained = {
+        w: train(_cfg(path, tmp_path / f"t{w}", covid_masked_sources="b", covid_mask_weight=w))
+        for w in (1.0, 0.5)
+    }
+    assert not torch.equal(
+        _weights(trained[0.5])["net.conv.conv1.weight"], _weights(trained[1.0])["net.conv.conv1.weight"]
+    )
+    assert json.loads((trained[0.5] / "run.json").read_text())["config"]["covid_mask_weight"] == 0.5
+    assert load_bundle(trained[0.5] / "model").config.training["covid_mask_weight"] == 0.5
+    for kw, why in (
+        ({"covid_mask_weight": 0.5}, "none is given: add --covid-masked-sources"),
+        ({"covid_mask_weight": 0, "covid_masked_sources": "b"}, r"in \(0, 1\]"),
+        ({"covid_mask_weight": 1.5, "covid_masked_sources": "b"}, r"in \(0, 1\]"),
+        ({"covid_mask_weight": True, "covid_masked_sources": "b"}, "got True"),
+        ({"covid_mask_weight": 0.5, "covid_masked_sources": "b", "group_dro": 0.01}, "drop group_dro"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            TrainConfig(**kw)
+
+
 # -- sharpness-aware minimisation --------------------------------------------------------------------------------
 def test_sam_gradient_is_the_gradient_at_the_perturbed_weights_and_restores_them() -> None:
     from covidxray.training.trainer import sam_gradient

@@ -90,6 +90,8 @@ HELP: dict[str, str] = {
     "covid_masked_sources": "comma-separated sources holding no COVID-19 by construction (e.g. kermany) whose "
     "images train only the choice among the other classes: their loss is the softmax over the classes other than "
     "COVID-19, so telling such a source apart cannot lower p(covid) (default: none)",
+    "covid_mask_weight": "with --covid-masked-sources: the masked loss's share for those sources' rows; the rest "
+    "is the plain cross-entropy, which lets them lower p(covid) a little (1: wholly masked, the default)",
     "erasing": "random erasing: chance that an image gets one box of 2-33 %% of its area filled with noise (0: off)",
     "sam": "sharpness-aware minimisation: each step's gradient is taken at the weights moved this far (rho) "
     "along the normalised gradient, then applied to the unmoved weights; twice the compute per step (0: off; "

@@ -164,6 +164,8 @@ class TrainConfig:
     # comma-separated sources that hold no COVID-19 by construction (e.g. kermany): their images train only the
     # choice among the other classes (the COVID-19 logit masked out of their loss), .trainer.covid_mask
     covid_masked_sources: str = ""
+    # the masked loss's share for those rows (1: all of it; W < 1: W x masked + (1 - W) x plain cross-entropy)
+    covid_mask_weight: float = 1.0
     erasing: float = 0.0  # random erasing: chance of one noise-filled box per image (0: off), .augment
     sam: float = 0.0  # sharpness-aware minimisation: the weight perturbation's radius rho (0: off), .trainer
 
@@ -261,8 +263,28 @@ class TrainConfig:
                 )
             elif self.mixup:
                 problem = "cannot be combined with mixup (a blended image has two sources): drop one of them"
+            elif self.covid_mask_weight < 1 and self.group_dro:
+                problem = (
+                    f"with covid_mask_weight {self.covid_mask_weight} cannot be combined with group_dro (its group "
+                    "weights would be updated by both losses): use covid_mask_weight 1 or drop group_dro"
+                )
             if problem:
                 raise ConfigError(f"covid_masked_sources {self.covid_masked_sources!r} {problem}")
+        if (
+            isinstance(self.covid_mask_weight, bool)
+            or not isinstance(self.covid_mask_weight, int | float)
+            or not 0 < self.covid_mask_weight <= 1
+        ):
+            raise ConfigError(
+                "covid_mask_weight is the masked loss's share for the rows of covid_masked_sources, in (0, 1] "
+                f"(1: the COVID-19 logit wholly masked), got {self.covid_mask_weight!r}"
+            )
+        self.covid_mask_weight = float(self.covid_mask_weight)
+        if self.covid_mask_weight < 1 and not masked_sources(self.covid_masked_sources):
+            raise ConfigError(
+                f"covid_mask_weight {self.covid_mask_weight} weights the masked loss of covid_masked_sources, but "
+                "none is given: add --covid-masked-sources (e.g. kermany)"
+            )
         if self.mixup < 0:
             raise ConfigError(f"mixup is a Beta distribution's alpha, >= 0 (0: off), got {self.mixup}")
         if self.mixup and self.adversary != "none":

@@ -462,8 +462,7 @@ class _Run:
                 lam = dann_lambda(cfg.adversary_weight, (self.epoch * n_batches + self.step) / total_steps)
                 src = torch.from_numpy(src_all[idx]).to(ctx.device)
                 logits, adv_loss, adv_correct, adv_n = self.net(x, y, src, lam)
-                logits = self._masked(logits, idx)
-                loss, total = self._task_loss(logits, y, weight, idx)
+                logits, loss, total = self._class_loss(logits, y, weight, idx)
                 total = total + adv_loss
                 self.sums["adv_loss"] += float(adv_loss.detach()) * adv_n
                 self.sums["adv_correct"] += float(adv_correct)
@@ -517,8 +516,21 @@ class _Run:
                 logits, y[perm], weight, smoothing
             )
             return logits, loss, loss
-        logits = self._masked(self.net(x), idx)
-        return (logits, *self._task_loss(logits, y, weight, idx))
+        return self._class_loss(self.net(x), y, weight, idx)
+
+    def _class_loss(
+        self, raw: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, idx: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the logits as the loss sees them, the loss recorded, the loss minimised) of the network's logits
+        ``raw``: COVID-19 masked for the rows of ``covid_masked_sources``; with ``covid_mask_weight`` W < 1 the
+        loss is W x the masked loss + (1 - W) x the plain one (rows of other sources: the plain loss either way)."""
+        logits = self._masked(raw, idx)
+        recorded, minimised = self._task_loss(logits, y, weight, idx)
+        w = self.cfg.covid_mask_weight
+        if self.covid_masked is not None and w < 1:  # (validated: no GroupDRO, no label smoothing)
+            plain = task_loss(raw, y, weight, self.cfg.label_smoothing)
+            recorded, minimised = w * recorded + (1 - w) * plain, w * minimised + (1 - w) * plain
+        return logits, recorded, minimised
 
     def _minimised(self, *batch: Any) -> torch.Tensor:
         """The loss :meth:`_objective` minimises (sharpness-aware minimisation's second pass)."""
