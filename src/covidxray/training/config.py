@@ -55,7 +55,9 @@ nothing that tells such a source apart (a child's thorax) can lower p(covid): th
 the sources that hold COVID-19 and their own negatives alone. A partial-label loss: the model and its prediction
 are unchanged. Validation scores those rows the same way (the figures that drive the LR schedule, early stopping
 and the kept epoch); the plain validation COVID-19 AUC, what the bundle's predictions give, is recorded beside them
-(``val_auc_covid_unmasked``). A fold that holds a masked source out has nothing to mask.
+(``val_auc_covid_unmasked``). A fold that holds a masked source out has nothing to mask. ``covid_mask_weight`` = W < 1
+makes it partial: those rows pay W x the masked loss + (1 - W) x the plain cross-entropy (validation still scores
+them masked).
 
 **Sharpness-aware minimisation** (``sam`` = rho > 0; Foret et al., ICLR 2021): each step first moves the weights
 by rho along the normalised gradient (the worst nearby point to first order), takes the gradient there, and
