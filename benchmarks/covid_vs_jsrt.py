@@ -28,7 +28,7 @@ from covidxray.data.manifest import read_manifest
 from covidxray.evaluation.inference import run_inference
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generalization import auc_ci, fmt  # noqa: E402
+from generalization import against, auc_ci, fmt  # noqa: E402
 
 COLUMNS = (
     ("test", "test COVID AUC"),
@@ -38,12 +38,6 @@ COLUMNS = (
     ("cohen_covid_vs_jsrt", "cohen's COVID-19 vs JSRT"),
     ("radiography_covid_vs_jsrt", "Radiography's COVID-19 vs JSRT"),
 )
-
-
-def against(pos: np.ndarray, pos_pid: np.ndarray, neg: np.ndarray, neg_pid: np.ndarray) -> dict:
-    """ROC AUC of positives ``pos`` against negatives ``neg``, with its patient-bootstrap interval."""
-    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    return auc_ci(y, np.r_[pos, neg], np.r_[pos_pid, neg_pid])
 
 
 def figures(paths: list[str], df, jsrt, test: np.ndarray, cache_dir: str) -> dict:

@@ -61,6 +61,13 @@ def auc_ci(y: np.ndarray, p: np.ndarray, patients: np.ndarray, n: int = 1000) ->
     return {"value": float(roc_auc_score(y, p)), "ci": ci.to_list()}
 
 
+def against(pos: np.ndarray, pos_pid: np.ndarray, neg: np.ndarray, neg_pid: np.ndarray) -> dict:
+    """COVID ROC AUC of the scores ``pos`` (positives) against ``neg`` (negatives of another set, e.g. JSRT), with
+    its 95 % patient-bootstrap interval (:func:`auc_ci`)."""
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    return auc_ci(y, np.r_[pos, neg], np.r_[pos_pid, neg_pid])
+
+
 def balanced_threshold(y: np.ndarray, p: np.ndarray) -> float:
     """The threshold with the highest min(sensitivity, specificity) (ties: the highest such threshold)."""
     from sklearn.metrics import roc_curve
@@ -109,6 +116,7 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
     labels = df["label"].astype(str).to_numpy()
     is_covid = labels == COVID
     pid = df["patient_id"].astype(str).to_numpy()
+    jsrt_pid = jsrt["patient_id"].astype(str).to_numpy()
     preds = {}
     seconds = {}
     # each fold's run folder(s): one run, or an ensemble's members
@@ -149,15 +157,7 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         # the held-out COVID-19 against adults of hospitals no model here saw (JSRT, no COVID-19): the shape of
         # the external test (COVID-19 of unseen collections against non-COVID adults of other hospitals)
         pos = held & is_covid
-        jsrt_pid = jsrt["patient_id"].astype(str).to_numpy()
-        f["auc_out_vs_jsrt"] = {
-            "n_negative": len(p_jsrt),
-            **auc_ci(
-                np.r_[np.ones(pos.sum()), np.zeros(len(p_jsrt))],
-                np.r_[p_all[pos], p_jsrt],
-                np.r_[pid[pos], jsrt_pid],
-            ),
-        }
+        f["auc_out_vs_jsrt"] = {"n_negative": len(p_jsrt), **against(p_all[pos], pid[pos], p_jsrt, jsrt_pid)}
         training = load_bundle(members[fold][0] / "model").config.training
         f["epoch"], f["selected_by"] = training.get("best_epoch"), training.get("selected_by")
         f["averaged_epochs"] = training.get("averaged_epochs")
@@ -235,12 +235,7 @@ def row_figures(row_dir: Path, df, jsrt, cache_dir: str) -> dict:
         a["auc_test"] = auc_ci(is_covid[test], p_all[test], pid[test])
         # the test split's COVID-19 (collections seen in training) against JSRT's adults (a hospital never seen)
         pos = test & is_covid
-        jsrt_pid = jsrt["patient_id"].astype(str).to_numpy()
-        a["auc_test_covid_vs_jsrt"] = auc_ci(
-            np.r_[np.ones(pos.sum()), np.zeros(len(p_jsrt))],
-            np.r_[p_all[pos], p_jsrt],
-            np.r_[pid[pos], jsrt_pid],
-        )
+        a["auc_test_covid_vs_jsrt"] = against(p_all[pos], pid[pos], p_jsrt, jsrt_pid)
         if "pooled" in out:
             # the point the all-sources model decides with: the pooled balanced threshold, or, when `covidxray
             # run` carried it to that model as an in-source sensitivity (covidxray.pipeline), the carried one

@@ -674,6 +674,7 @@ def test_covid_mask_weight_blends_the_masked_and_the_plain_loss(manifest: Path, 
         ({"covid_mask_weight": 0, "covid_masked_sources": "b"}, r"in \(0, 1\]"),
         ({"covid_mask_weight": 1.5, "covid_masked_sources": "b"}, r"in \(0, 1\]"),
         ({"covid_mask_weight": True, "covid_masked_sources": "b"}, "got True"),
+        ({"covid_mask_weight": "0.5", "covid_masked_sources": "b"}, "got '0.5'"),  # checked before compared
         ({"covid_mask_weight": 0.5, "covid_masked_sources": "b", "group_dro": 0.01}, "drop group_dro"),
     ):
         with pytest.raises(ConfigError, match=why):

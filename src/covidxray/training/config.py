@@ -251,6 +251,16 @@ class TrainConfig:
                 "sam cannot be combined with a source adversary or group_dro (each step's second, perturbed "
                 "pass would update their state a second time): drop one of them"
             )
+        if (  # before the masked sources' checks compare it
+            isinstance(self.covid_mask_weight, bool)
+            or not isinstance(self.covid_mask_weight, int | float)
+            or not 0 < self.covid_mask_weight <= 1
+        ):
+            raise ConfigError(
+                "covid_mask_weight is the masked loss's share for the rows of covid_masked_sources, in (0, 1] "
+                f"(1: the COVID-19 logit wholly masked), got {self.covid_mask_weight!r}"
+            )
+        self.covid_mask_weight = float(self.covid_mask_weight)
         if masked_sources(self.covid_masked_sources):
             problem = ""
             if "covid" not in self.classes or len(self.classes) < 3:  # (loss bce, one output, needs two)
@@ -272,16 +282,6 @@ class TrainConfig:
                 )
             if problem:
                 raise ConfigError(f"covid_masked_sources {self.covid_masked_sources!r} {problem}")
-        if (
-            isinstance(self.covid_mask_weight, bool)
-            or not isinstance(self.covid_mask_weight, int | float)
-            or not 0 < self.covid_mask_weight <= 1
-        ):
-            raise ConfigError(
-                "covid_mask_weight is the masked loss's share for the rows of covid_masked_sources, in (0, 1] "
-                f"(1: the COVID-19 logit wholly masked), got {self.covid_mask_weight!r}"
-            )
-        self.covid_mask_weight = float(self.covid_mask_weight)
         if self.covid_mask_weight < 1 and not masked_sources(self.covid_masked_sources):
             raise ConfigError(
                 f"covid_mask_weight {self.covid_mask_weight} weights the masked loss of covid_masked_sources, but "
