@@ -5,7 +5,10 @@ other hospitals. The closest check here: every COVID-19 image of the test split 
 patients it did not) against JSRT's 247 adults (Japanese hospitals, no COVID-19, never in any classifier's
 training; ``runs/data/jsrt.csv`` from tools/jsrt_manifest.py). One anchor makes it readable: the first default
 model (``c486c58``), which the issue's external images scored at COVID AUC 0.896. Each model is a bundle folder
-(``NAME=PATH``); ``NAME=PATH+PATH`` averages the bundles' p(covid) (a small ensemble).
+(``NAME=PATH``); ``NAME=PATH+PATH`` averages the bundles' p(covid) (a small ensemble). Beside it, the test split's
+COVID AUC on adults only (Kermany's children and their re-encoded copies left out: the external negatives are all
+adults, and children are the easiest negatives there are), and COVID-19 against the adult normals and against the
+adult pneumonias of the test split.
 
     git show c486c58:src/covidxray/default_model/config.json > /tmp/first/config.json   # (and model.safetensors)
     .venv/bin/python benchmarks/covid_vs_jsrt.py first=/tmp/first shipped=src/covidxray/default_model \\
@@ -28,10 +31,13 @@ from covidxray.data.manifest import read_manifest
 from covidxray.evaluation.inference import run_inference
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generalization import against, auc_ci, fmt  # noqa: E402
+from generalization import against, auc_ci, children, fmt  # noqa: E402
 
 COLUMNS = (
     ("test", "test COVID AUC"),
+    ("test_adults", "test COVID AUC, adults"),
+    ("adults_vs_normal", "adults: COVID-19 vs normal"),
+    ("adults_vs_pneumonia", "adults: COVID-19 vs pneumonia"),
     ("within_radiography", "within Radiography"),
     ("covid_vs_jsrt", "test COVID-19 vs JSRT"),
     ("covid_vs_jsrt_nonnodule", "vs JSRT without nodules"),
@@ -53,13 +59,19 @@ def figures(paths: list[str], df, jsrt, test: np.ndarray, cache_dir: str) -> dic
     jp = jsrt["patient_id"].astype(str).to_numpy()
     nn = (jsrt["subtype"].astype(str) == "non-nodule").to_numpy()
     r = src == "radiography"
+    adult = ~children(df)[test]
+    label = df["label"].astype(str).to_numpy()[test]
     out = {
         "bundles": paths,
         "test": auc_ci(y, p, pid),
+        "test_adults": auc_ci(y[adult], p[adult], pid[adult]),
         "within_radiography": auc_ci(y[r], p[r], pid[r]),
         "covid_vs_jsrt": against(p[y], pid[y], pj, jp),
         "covid_vs_jsrt_nonnodule": against(p[y], pid[y], pj[nn], jp[nn]),
     }
+    for neg in ("normal", "pneumonia"):
+        m = adult & (y | (label == neg))
+        out[f"adults_vs_{neg}"] = auc_ci(y[m], p[m], pid[m])
     for s in ("cohen", "radiography"):
         m = y & (src == s)
         out[f"{s}_covid_vs_jsrt"] = against(p[m], pid[m], pj, jp)
