@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from covidxray.bundle import load_bundle
+from covidxray.data import population
 from covidxray.data.manifest import read_manifest
 from covidxray.evaluation.bootstrap import patient_bootstrap, weighted_roc_auc
 from covidxray.evaluation.inference import run_inference
@@ -74,10 +75,10 @@ def against(pos: np.ndarray, pos_pid: np.ndarray, neg: np.ndarray, neg_pid: np.n
 def children(df: pd.DataFrame) -> np.ndarray:
     """Rows that are children: Kermany's (Guangzhou, ages 1-5) and their re-encoded copies in other collections (a
     duplicate group holding a Kermany image; 205 of the Radiography Database's normals). The external images the
-    issue scores are adults, so the figures on adults leave these out."""
-    kermany = df["source"].astype(str).to_numpy() == "kermany"
-    groups = set(df.loc[kermany, "dup_group"].tolist())
-    return kermany | df["dup_group"].isin(groups).to_numpy()
+    issue scores are adults, so the figures on adults leave these out. The package's rule
+    (:func:`covidxray.data.population.children`) without its age test, as the recorded figures were measured (it
+    would move one cohen COVID-19 test image, age 12)."""
+    return population.children(df, by_age=False)
 
 
 def balanced_threshold(y: np.ndarray, p: np.ndarray) -> float:

@@ -152,3 +152,67 @@ def test_task_rows_keep_positions_for_the_cache(manifest):
     rows, _ = task_rows(df, ["covid", "normal", "pneumonia"], "val")
     positions = df.index.get_indexer(rows.index)
     assert np.array_equal(df["path"].to_numpy()[positions], rows["path"].to_numpy())
+
+
+# 'kermany' is a pediatric collection (covidxray.data.population): its images, their copies elsewhere and anyone
+# under 18 are children; the evaluation reports the rest apart as adults.
+CHILD_LAYOUT = [
+    ("alpha", "covid", "val", 3), ("alpha", "covid", "test", 5), ("alpha", "normal", "val", 2),
+    ("alpha", "normal", "test", 4), ("kermany", "normal", "val", 2), ("kermany", "normal", "test", 3),
+    ("kermany", "pneumonia", "val", 2), ("kermany", "pneumonia", "test", 3),
+]  # fmt: skip
+
+
+def test_children_rule_sources_copies_and_age():
+    from covidxray.data.population import children
+
+    df = pd.DataFrame({
+        "source": ["kermany", "radiography", "radiography", "cohen", "cohen", "cohen"],
+        "dup_group": [7, 7, 8, 9, 10, 11],
+        "age": [np.nan, np.nan, np.nan, 12.0, 45.0, np.nan],
+    })  # fmt: skip
+    assert children(df).tolist() == [True, True, False, True, False, False]
+    assert children(df, by_age=False).tolist() == [True, True, False, False, False, False]
+    no_columns = df[["source"]]
+    assert children(no_columns).tolist() == [True, False, False, False, False, False]
+
+
+def test_evaluate_reports_adults_apart(tiny_bundle, tmp_path, capsys):
+    from covidxray.evaluation.evaluate import EvaluationOptions, evaluate
+
+    path = write_manifest(tmp_path / "data", CHILD_LAYOUT)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    test = df["split"] == "test"
+    kid = df.index[test & (df["source"] == "kermany")][0]
+    copy, young = df.index[test & (df["source"] == "alpha") & (df["label"] == "normal")][:2]
+    df.loc[copy, "dup_group"] = df.loc[kid, "dup_group"]  # an alpha normal that is a re-encoded Kermany child
+    young_covid = df.index[test & (df["label"] == "covid")][0]
+    df.loc[young_covid, "age"] = "12"
+    df.loc[young, "age"] = "40"
+    df.to_csv(path, index=False)
+    run = copy_run(tiny_bundle, tmp_path / "run")
+    argv = ["evaluate", "--model", str(run), "--manifest", str(path), "--split", "test",
+            "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "50",
+            "--no-probe"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    adults = metrics["adults"]
+    # test rows: alpha 10 covid + 8 normal, kermany 12; children: kermany 12, the copy and the 12-year-old
+    assert adults["children_left_out"] == {"alpha": 2, "kermany": 12}
+    assert adults["n_images"] == adults["group"]["n_images"] == 16
+    assert adults["group"]["label_counts"] == {"covid": 9, "normal": 7, "pneumonia": 0}
+    assert [n for n, r in adults["points"].items() if r["decides"]] == [metrics["operating_points"]["decision"]]
+    assert "## Adults only" in (tmp_path / "eval" / "report.md").read_text()
+    assert "adults only (16 images; children left out: alpha 2, kermany 12): covid ROC AUC" in printed
+    # the same figures as an evaluation of the adult rows alone
+    m = read_manifest(path)
+    adult_rows = pd.Series([i not in (kid, copy, young_covid) for i in range(len(m))], index=m.index)
+    adult_rows &= m["source"] != "kermany"
+    alone = evaluate(
+        run / "model", m, tmp_path / "alone", tmp_path / "cache",
+        EvaluationOptions(n_resamples=50, probe=False, lung_attention=0, store_operating_point=False),
+        rows=adult_rows,
+    )  # fmt: skip
+    assert "adults" not in alone  # no child among the evaluated rows: nothing to separate
+    assert alone["overall"]["per_class"]["covid"]["roc_auc"] == adults["group"]["per_class"]["covid"]["roc_auc"]

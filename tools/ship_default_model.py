@@ -50,6 +50,25 @@ def operating_points_markdown(ops: dict[str, Any]) -> list[str]:
     return ("#" + section).strip().splitlines()
 
 
+def adults_points_markdown(adults: dict[str, Any] | None) -> list[str]:
+    """Sensitivity / specificity at each operating point on the test split's adults alone (one paragraph)."""
+    points = (adults or {}).get("points") or {}
+    if not points:
+        return []
+    left = ", ".join(f"{s} {n}" for s, n in adults["children_left_out"].items())
+    rates = "; ".join(
+        f"{name}{' (decides)' if r.get('decides') else ''}: sensitivity {ci(r['sensitivity'])}, specificity "
+        f"{ci(r['specificity'])}"
+        for name, r in points.items()
+    )
+    return [
+        f"On the test split's adults alone ({adults['n_images']} images; children left out: {left}): {rates}. "
+        "Most non-COVID images of the split are children's, which makes specificity over all sources look better "
+        "than it is on adults.",
+        "",
+    ]
+
+
 def _source_share_words(power: float) -> str:
     """How the balanced sampler weighted the sources of a label (``TrainConfig.source_power``)."""
     power = float(power)
@@ -133,6 +152,8 @@ def model_card(
     sep = "|" + "---|" * (4 + len(classes))
     rows = [metrics_rows("test, all sources", metrics["overall"], classes)]
     rows += [metrics_rows(f"test, {s}", g, classes) for s, g in metrics["per_source"].items()]
+    if metrics.get("adults"):  # children (a pediatric collection, its copies, age < 18) left out
+        rows.append(metrics_rows("test, adults only", metrics["adults"]["group"], classes))
     pre = config["preprocessing"]
     lines = [
         "# Model card: covidxray default model",
@@ -197,6 +218,7 @@ def model_card(
             "",
             *operating_points_markdown(ops),
             "",
+            *adults_points_markdown(metrics.get("adults")),
         ]
     elif "threshold" in op:
         lines += [

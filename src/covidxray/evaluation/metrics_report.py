@@ -127,6 +127,34 @@ def add_operating_points(report: Report, ops: dict[str, Any] | None) -> None:
     )
 
 
+def add_adults(report: Report, adults: dict[str, Any] | None) -> None:
+    """The same metrics on adults alone, and the decision at each operating point there."""
+    if not adults:
+        return
+    report.heading("Adults only", 2)
+    left = ", ".join(f"{s} {n}" for s, n in adults["children_left_out"].items())
+    report.paragraph(
+        f"The X-rays a COVID-19 model meets are adults'; most public normals and pneumonias are children's, and a "
+        f"child is an easy negative. Children left out ({left}): {adults['rule']}."
+    )
+    add_group(report, adults["group"], "adults")
+    points = adults.get("points") or {}
+    if points:
+        report.table(
+            ["point (adults)", "threshold", "sensitivity", "specificity", "positive / images"],
+            [
+                [
+                    name + (" (decides)" if r.get("decides") else ""),
+                    f"{r['threshold']:.4f}",
+                    cell(r["sensitivity"]),
+                    cell(r["specificity"]),
+                    f"{r['n_positive']} / {r['n_images']}",
+                ]
+                for name, r in points.items()
+            ],
+        )
+
+
 def add_site_curve(report: Report, curve: dict[str, Any] | None) -> None:
     """How the re-tuned threshold's sensitivity / specificity vary with the number of site images."""
     if not curve:
@@ -299,6 +327,7 @@ def evaluation_report(result: dict[str, Any]) -> Report:
         add_operating_point(report, result.get("operating_point", {"reason": "not computed"}))
     add_operating_points(report, result.get("operating_points"))
     add_site_curve(report, result.get("site_curve"))
+    add_adults(report, result.get("adults"))
     add_probe(report, result.get("probe"))
     add_lung_attention(report, result.get("lung_attention"))
     report.heading("Per source", 2)

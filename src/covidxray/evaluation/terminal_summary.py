@@ -35,6 +35,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     if not (ops and "points" in ops):  # the named points below say which one decides; the val point would not
         lines.append(_operating_point_line(metrics.get("operating_point")))
     lines += operating_points_lines(ops)
+    lines += _adults_lines(metrics.get("adults"))
     lines.append(_probe_line(metrics.get("probe")))
     lines += [f"WARNING: {w}" for w in metrics.get("warnings", [])]
     report = metrics.get("report", {})
@@ -75,6 +76,23 @@ def operating_points_lines(ops: dict[str, Any] | None) -> list[str]:
             f"{cell(r['sensitivity'])}, specificity {cell(r['specificity'])}{mark}"
         )
     return lines
+
+
+def _adults_lines(adults: dict[str, Any] | None) -> list[str]:
+    """COVID AUC on adults alone, and sensitivity / specificity there at the deciding point."""
+    if not adults:
+        return []
+    g = adults["group"]
+    left = ", ".join(f"{s} {n}" for s, n in adults["children_left_out"].items())
+    auc = g["per_class"].get("covid", {}).get("roc_auc")
+    line = f"adults only ({g['n_images']} images; children left out: {left}):"
+    if auc is not None:
+        line += f" covid ROC AUC {cell(auc)}"
+    for name, r in (adults.get("points") or {}).items():
+        if r.get("decides"):
+            rates = f"sensitivity {cell(r['sensitivity'])}, specificity {cell(r['specificity'])}"
+            line += f"; at {name} p >= {r['threshold']:.4f}: {rates}"
+    return [line]
 
 
 def _probe_line(probe: dict[str, Any] | None) -> str:
