@@ -136,3 +136,26 @@ def test_crossval_offers_every_training_option_with_its_choices(tmp_path):
     }
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--optimizer", "adamw"])  # choices, not help text
+
+
+def test_fold_summary_carries_the_held_out_adults():
+    in_source = _metrics(["covid", "normal", "pneumonia"] * 15, "others", seed=0)
+    out_of_source = _metrics(["covid", "normal", "pneumonia"] * 15, "radiography", seed=1)
+    adults = _metrics(["covid", "normal", "pneumonia"] * 10, "radiography", seed=2)["overall"]
+    out_of_source["adults"] = {"group": adults, "n_images": 30, "children_left_out": {"radiography": 15}}
+    fold = fold_summary("radiography", in_source, out_of_source)
+    assert fold["roc_auc_out_adults"]["covid"] == adults["per_class"]["covid"]["roc_auc"]
+    fold["run_dir"] = "runs/cv/holdout-radiography"
+    no_children = dict(fold_summary("cohen", in_source, _metrics(["covid", "normal"] * 15, "cohen", seed=3)))
+    no_children["run_dir"] = "runs/cv/holdout-cohen"
+    assert no_children["roc_auc_out_adults"] is None
+    md = crossval_report({"model": "seed_cnn6", "folds": [fold, no_children]}).to_markdown()
+    auc = adults["per_class"]["covid"]["roc_auc"]
+    row = next(
+        line for line in md.splitlines() if line.startswith(f"| radiography | {fold['n_images_out']} |")
+    )
+    assert row.rstrip(" |").endswith(fmt(auc["value"], auc["ci"]))
+    row = next(
+        line for line in md.splitlines() if line.startswith(f"| cohen | {no_children['n_images_out']} |")
+    )
+    assert "n/a (the held-out images hold no child, or nothing but children)" in row

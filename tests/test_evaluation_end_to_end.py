@@ -202,7 +202,9 @@ def test_evaluate_reports_adults_apart(tiny_bundle, tmp_path, capsys):
     assert adults["children_left_out"] == {"alpha": 2, "kermany": 12}
     assert adults["n_images"] == adults["group"]["n_images"] == 16
     assert adults["group"]["label_counts"] == {"covid": 9, "normal": 7, "pneumonia": 0}
-    assert [n for n, r in adults["points"].items() if r["decides"]] == [metrics["operating_points"]["decision"]]
+    assert [n for n, r in adults["points"].items() if r["decides"]] == [
+        metrics["operating_points"]["decision"]
+    ]
     assert "## Adults only" in (tmp_path / "eval" / "report.md").read_text()
     assert "adults only (16 images; children left out: alpha 2, kermany 12): covid ROC AUC" in printed
     # the same figures as an evaluation of the adult rows alone
@@ -215,4 +217,6 @@ def test_evaluate_reports_adults_apart(tiny_bundle, tmp_path, capsys):
         rows=adult_rows,
     )  # fmt: skip
     assert "adults" not in alone  # no child among the evaluated rows: nothing to separate
-    assert alone["overall"]["per_class"]["covid"]["roc_auc"] == adults["group"]["per_class"]["covid"]["roc_auc"]
+    assert (
+        alone["overall"]["per_class"]["covid"]["roc_auc"] == adults["group"]["per_class"]["covid"]["roc_auc"]
+    )
