@@ -175,6 +175,41 @@ def test_children_rule_sources_copies_and_age():
     assert children(df, by_age=False).tolist() == [True, True, False, False, False, False]
     no_columns = df[["source"]]
     assert children(no_columns).tolist() == [True, False, False, False, False, False]
+    # -1 (or empty) means no group: ungrouped images are not copies of an ungrouped child
+    ungrouped = pd.DataFrame(
+        {"source": ["kermany", "alpha", "alpha", "kermany"], "dup_group": [-1, -1, "", 2]}
+    )
+    assert children(ungrouped).tolist() == [True, False, False, True]
+
+
+def test_adults_section_applies_each_point_to_its_own_class():
+    from covidxray.evaluation.evaluate import EvaluationOptions, adults_section
+
+    df = pd.DataFrame(
+        {"source": ["kermany", "alpha", "alpha", "alpha", "alpha"], "dup_group": [0, 1, 2, 3, 4]}
+    )
+    df.index = [10, 11, 12, 13, 14]  # labels, not positions
+    test_df = df.loc[[14, 10, 12, 11, 13]]
+    probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]])  # normal, pneumonia
+    test = {
+        "labels": np.array(["pneumonia", "normal", "normal", "pneumonia", "normal"]),
+        "probs": probs,
+        "patient_ids": np.array(["e", "a", "c", "b", "d"]),
+        "sources": test_df["source"].to_numpy(),
+    }
+    ops = {
+        "points": {
+            "balanced": {"threshold": 0.5, "class": "pneumonia", "decides": True, "rule": "r"},
+            "other": {"reason": "the model has no class 'covid'"},
+        }
+    }
+    o = EvaluationOptions(n_resamples=20)
+    section = adults_section(df, test_df, test, ["normal", "pneumonia"], ops, o)
+    assert section["children_left_out"] == {"kermany": 1} and section["n_images"] == 4
+    (point,) = section["points"].values()  # the point without a threshold is left out
+    # adults: pneumonia p 0.8 (pos), 0.4 (neg), 0.7 (pos), 0.2 (neg) -> at 0.5 both positives found, no false alarm
+    assert point["sensitivity"]["value"] == 1.0 and point["specificity"]["value"] == 1.0 and point["decides"]
+    assert point["n_images"] == 4 and point["n_positive"] == 2
 
 
 def test_evaluate_reports_adults_apart(tiny_bundle, tmp_path, capsys):
@@ -217,6 +252,20 @@ def test_evaluate_reports_adults_apart(tiny_bundle, tmp_path, capsys):
         rows=adult_rows,
     )  # fmt: skip
     assert "adults" not in alone  # no child among the evaluated rows: nothing to separate
+    for name, r in adults[
+        "points"
+    ].items():  # the same points (chosen on the same val rows) on the same adults
+        same = alone["operating_points"]["points"][name]
+        assert r["n_images"] == 16 and r["threshold"] == same["threshold"]
+        assert (r["sensitivity"], r["specificity"]) == (same["sensitivity"], same["specificity"])
+    # the copy is a child even when its Kermany twin is not among the evaluated rows (crossval's held-out source)
+    only_alpha = evaluate(
+        run / "model", m, tmp_path / "only_alpha", tmp_path / "cache",
+        EvaluationOptions(split="all", n_resamples=50, probe=False, lung_attention=0, store_operating_point=False),
+        rows=m["source"] == "alpha",
+    )  # fmt: skip
+    assert only_alpha["adults"]["children_left_out"] == {"alpha": 2}
+    assert only_alpha["adults"]["n_images"] == only_alpha["overall"]["n_images"] - 2
     assert (
         alone["overall"]["per_class"]["covid"]["roc_auc"] == adults["group"]["per_class"]["covid"]["roc_auc"]
     )

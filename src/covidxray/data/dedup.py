@@ -79,3 +79,16 @@ def duplicate_groups(
     pairs = np.concatenate([exact_pairs(sha1), near_pairs(phashes, max_distance)])
     comp = components(len(sha1), pairs)
     return pd.factorize(pd.Series(comp))[0]
+
+
+NO_GROUP = frozenset({"", "nan", "<NA>", "None"})
+
+
+def group_ids(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's duplicate group as text, and whether it has one: ``dup_group`` empty, missing or negative (manifests
+    made by hand or by ``tools/jsrt_manifest.py`` use -1) means no group. Without the column no row has one."""
+    if "dup_group" not in df.columns:
+        return np.full(len(df), "", dtype=object), np.zeros(len(df), dtype=bool)
+    groups = df["dup_group"].astype(str).to_numpy()
+    known = np.asarray([g not in NO_GROUP and not g.startswith("-") for g in groups], dtype=bool)
+    return groups, known

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from covidxray.data.dedup import group_ids
+
 # Sources (by the manifest's source name, which for a known collection is its layout's name) whose every image is
 # of a child, with what says so.
 PEDIATRIC_SOURCES = {"kermany": "Kermany et al., Cell 2018: pediatric patients aged 1-5, Guangzhou"}
@@ -34,10 +36,8 @@ def children(df: pd.DataFrame, by_age: bool = True) -> np.ndarray:
     """
     source = df["source"].astype(str).to_numpy()
     child = np.isin(source, list(PEDIATRIC_SOURCES))
-    if "dup_group" in df.columns:
-        groups = df["dup_group"].astype(str).to_numpy()
-        known = (groups != "") & (groups != "nan")
-        child |= known & np.isin(groups, groups[child & known])
+    groups, known = group_ids(df)
+    child |= known & np.isin(groups, groups[child & known])
     if by_age and "age" in df.columns:
         age = pd.to_numeric(df["age"], errors="coerce").to_numpy(dtype=float)
         child |= np.nan_to_num(age, nan=np.inf) < ADULT_AGE

@@ -130,6 +130,7 @@ def operating_points_section(
         o.seed,
     )
     for name, applied in out["points"].items():
+        applied["class"] = points[name].get("class", "covid")
         applied["chosen_on"] = points[name].get("chosen_on")
         applied["decides"] = name == out["decision"]
     return out
@@ -169,11 +170,15 @@ def adults_section(
     }
     points = {n: p for n, p in (ops.get("points") or {}).items() if "threshold" in p}
     if points:
-        kept = {n: {"class": o.operating_class, "threshold": p["threshold"]} for n, p in points.items()}
+        kept = {n: {"class": p["class"], "threshold": p["threshold"]} for n, p in points.items()}
+        where = (
+            "the adults of the evaluated images"
+            if o.split == "all"
+            else f"the adults of the '{o.split}' split"
+        )
         applied = apply_operating_points(
-            kept, classes, adult["labels"], adult["probs"], adult["patient_ids"],
-            f"the adults of the '{o.split}' split", o.n_resamples, o.seed,
-        )  # fmt: skip
+            kept, classes, adult["labels"], adult["probs"], adult["patient_ids"], where, o.n_resamples, o.seed
+        )
         for name, r in applied.items():
             r.update(rule=points[name].get("rule"), decides=bool(points[name].get("decides")))
         section["points"] = applied

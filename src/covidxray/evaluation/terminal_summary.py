@@ -78,18 +78,27 @@ def operating_points_lines(ops: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def metrics_class(group: dict[str, Any]) -> str | None:
+    """The class an adults line leads with: covid, else the first class with an AUC."""
+    per = group["per_class"]
+    for c in ["covid", *per]:
+        if c in per and (per[c].get("roc_auc") or {}).get("value") is not None:
+            return c
+    return None
+
+
 def _adults_lines(adults: dict[str, Any] | None) -> list[str]:
     """COVID AUC on adults alone, and sensitivity / specificity there at the deciding point."""
     if not adults:
         return []
     g = adults["group"]
     left = ", ".join(f"{s} {n}" for s, n in adults["children_left_out"].items())
-    auc = g["per_class"].get("covid", {}).get("roc_auc")
+    cls = metrics_class(g)
     line = f"adults only ({g['n_images']} images; children left out: {left}):"
-    if auc is not None:
-        line += f" covid ROC AUC {cell(auc)}"
+    if cls:
+        line += f" {cls} ROC AUC {cell(g['per_class'][cls]['roc_auc'])}"
     for name, r in (adults.get("points") or {}).items():
-        if r.get("decides"):
+        if r.get("decides") and "threshold" in r:
             rates = f"sensitivity {cell(r['sensitivity'])}, specificity {cell(r['specificity'])}"
             line += f"; at {name} p >= {r['threshold']:.4f}: {rates}"
     return [line]

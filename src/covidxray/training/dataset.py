@@ -69,14 +69,11 @@ def holdout_copies(df: pd.DataFrame, source: str) -> np.ndarray:
     COVID folder, Kermany's children among its normals): a model trained on one copy and scored on the other
     is not scored out of source. A manifest without ``dup_group`` (built by hand) has no copies to find.
     """
-    if "dup_group" not in df.columns:
-        return np.zeros(len(df), dtype=bool)
+    from covidxray.data.dedup import group_ids
+
     sources = df["source"].astype(str).to_numpy()
-    groups = df["dup_group"].astype(str).to_numpy()
-    # no group: empty, missing, or a negative id (manifests made by hand or by tools/jsrt_manifest.py use -1)
-    held = {
-        g for g in groups[sources == source] if g not in {"", "nan", "<NA>", "None"} and not g.startswith("-")
-    }
+    groups, known = group_ids(df)
+    held = set(groups[(sources == source) & known].tolist())
     return (sources != source) & np.isin(groups, list(held))
 
 
