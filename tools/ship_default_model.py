@@ -60,10 +60,7 @@ def adults_points_markdown(adults: dict[str, Any] | None) -> list[str]:
         f"{name}{' (decides)' if r.get('decides') else ''}: sensitivity {ci(r['sensitivity'])}, specificity "
         f"{ci(r['specificity'])}"
         for name, r in points.items()
-        if "threshold" in r
     )
-    if not rates:
-        return []
     group = adults["group"]["label_counts"]
     negatives = sum(n for c, n in group.items() if c != "covid")
     children = sum(adults["children_left_out"].values())

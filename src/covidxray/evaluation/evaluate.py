@@ -168,6 +168,7 @@ def adults_section(
             encode_labels(adult["labels"], classes), adult["probs"], classes, adult["patient_ids"], o
         ),
     }
+    # a point without a threshold (its class not the model's) has nothing to apply; every point kept has one
     points = {n: p for n, p in (ops.get("points") or {}).items() if "threshold" in p}
     if points:
         kept = {n: {"class": p["class"], "threshold": p["threshold"]} for n, p in points.items()}

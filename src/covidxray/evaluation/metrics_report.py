@@ -151,7 +151,6 @@ def add_adults(report: Report, adults: dict[str, Any] | None) -> None:
                     f"{r['n_positive']} / {r['n_images']}",
                 ]
                 for name, r in points.items()
-                if "threshold" in r
             ],
         )
 

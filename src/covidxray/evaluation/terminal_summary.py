@@ -98,7 +98,7 @@ def _adults_lines(adults: dict[str, Any] | None) -> list[str]:
     if cls:
         line += f" {cls} ROC AUC {cell(g['per_class'][cls]['roc_auc'])}"
     for name, r in (adults.get("points") or {}).items():
-        if r.get("decides") and "threshold" in r:
+        if r.get("decides"):
             rates = f"sensitivity {cell(r['sensitivity'])}, specificity {cell(r['specificity'])}"
             line += f"; at {name} p >= {r['threshold']:.4f}: {rates}"
     return [line]
